@@ -1,0 +1,132 @@
+"""Atomic DeepSpeed checkpoints (for resuming a stage) and the final HF export (for the next stage).
+
+A checkpoint is first written under `checkpoints/.staging/<tag>/` (DeepSpeed's files plus one RNG
+file per rank). Only when every rank has finished does rank 0 write a `COMPLETE` marker and
+`os.replace` the folder to `checkpoints/<tag>/`. A kill at any moment therefore leaves either the
+previous checkpoints untouched or a half-written staging folder that resume ignores (and the next
+save clears). Resume picks the newest folder that has `COMPLETE`.
+
+DeepSpeed checkpoints hold partitioned optimizer state and need the same world size to load;
+stages hand each other HF exports instead, which any world size, transformers and vLLM can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from pipeline.faults import maybe_fault
+
+MARKER = "COMPLETE"
+STAGING = ".staging"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.exists():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if p.name.startswith("step_") and (p / MARKER).exists())
+
+
+def latest(ckpt_dir: Path) -> Optional[Path]:
+    done = complete_checkpoints(ckpt_dir)
+    return done[-1] if done else None
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank: int, barrier: Callable[[], None],
+         keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the committed checkpoint folder."""
+    tag = tag_for(step)
+    staging = ckpt_dir / STAGING
+    final = ckpt_dir / tag
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # leftovers of a save that was killed
+        staging.mkdir(parents=True, exist_ok=True)
+    barrier()
+    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    torch.save(rng_state(), staging / tag / f"rng_rank{rank}.pt")
+    maybe_fault("during_save", step)
+    barrier()
+    if rank == 0:
+        (staging / tag / MARKER).write_text(json.dumps({"step": step, **_jsonable(client_state)}) + "\n")
+        _fsync_dir(staging / tag)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging / tag, final)
+        _fsync_dir(ckpt_dir)
+        for old in complete_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load(engine, path: Path, rank: int) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG; returns the client state."""
+    load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
+    rng_file = path / f"rng_rank{rank}.pt"
+    if not rng_file.exists():
+        raise RuntimeError(f"{rng_file} missing: the checkpoint was written with a different world size; "
+                           "resume with the same number of processes (launcher.nproc)")
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return client_state or {}
+
+
+def export_hf(engine, tokenizer, out: Path, rank: int, zero_stage: int, barrier: Callable[[], None]) -> None:
+    """Write the trained weights as a plain HF folder (safetensors + tokenizer), atomically."""
+    if zero_stage == 3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective gather to rank 0
+    else:
+        state_dict = engine.module.state_dict() if rank == 0 else None
+    if rank == 0:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        engine.module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    barrier()
+
+
+def _jsonable(d: dict) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_marker(path: Path) -> dict:
+    return json.loads((path / MARKER).read_text())

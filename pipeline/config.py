@@ -1,0 +1,193 @@
+"""Typed configuration: Hydra composes the YAML tree in `conf/`, these dataclasses check it.
+
+Hydra only *composes* a stage's config (defaults list + command-line overrides). The result is then
+merged into the structured schema below, so a misspelt key (`stage.lrr=1`) or a wrong type
+(`stage.lr=fast`) stops the run at start-up with an error naming the key, before any process is
+spawned or any file is written. Every field carries a comment saying what it does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.paths import CONF_DIR, REPO_ROOT, base_model_dir, cache_dir
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the offending key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # label only, used in logs and manifests
+    path: str = ""  # HF folder of the *base* model (stage-1 starts here)
+    dtype: str = "auto"  # auto | fp32 | bf16; auto = bf16 on CUDA, fp32 on CPU (CPU bf16 is ~15x slower)
+    attn_implementation: str = "sdpa"  # sdpa supports padding-free packing via position_ids
+    gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+
+
+@dataclass
+class DataConfig:
+    source: str = "coldstart"  # registry key in pipeline.data.SOURCES: coldstart | file | hub
+    # -- coldstart: R1-format examples generated from reasoning-gym tasks with gold answers
+    tasks: list[str] = field(default_factory=lambda: ["chain_sum", "basic_arithmetic", "gsm_symbolic"])
+    num_examples: int = 300  # kept examples after verification; CPU default fits the 15-minute budget
+    seed: int = 1_000  # reasoning-gym item i comes from Random(seed + i); keep eval seeds far away
+    # -- file / hub: user data (JSONL, parquet, or a `datasets` hub id)
+    path: Optional[str] = None  # JSONL or parquet file for source=file
+    hub_id: Optional[str] = None  # `datasets` id for source=hub
+    split: str = "train"
+    messages_field: str = "messages"  # chat-format column (list of {role, content})
+    prompt_field: str = "prompt"  # used when there is no messages column
+    response_field: str = "response"
+    require_r1_format: bool = True  # reject rows whose answer lacks <think>…</think> and \boxed{}
+    max_examples: Optional[int] = None  # cap on user data rows
+    # -- common
+    system_prompt: str = (
+        "You are a helpful assistant. First think through the problem step by step inside "
+        "<think> </think> tags, then give a concise answer with the final result in \\boxed{}."
+    )
+
+
+@dataclass
+class SFTStageConfig:
+    kind: str = "sft"  # selects this schema
+    module: str = "stages.stage1_sft"  # the stage module the launcher runs
+    name: str = "stage1"  # sub-folder of the run; also the name later stages use in init_from
+    init_from: str = "base"  # "base" (model.path), a stage name of this run, or an HF folder path
+    epochs: int = 2
+    max_steps: Optional[int] = None  # stop early (tests, smoke runs); None = all epochs
+    pack_length: int = 512  # tokens per packed row; whole examples only, longer ones are dropped
+    micro_batch_rows: int = 1  # packed rows per micro-step per process (flattened, padding-free)
+    gradient_accumulation_steps: int = 2
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    save_every: int = 10  # optimizer steps between DeepSpeed checkpoints (0 = only at the end)
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted after a new one lands
+    seed: int = 42  # data order and torch RNG
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0  # 0-3
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs only)
+    torch_adam: bool = True  # skip compiling DeepSpeed's fused CPU Adam (~6 min on first start)
+
+
+@dataclass
+class LauncherConfig:
+    kind: str = "torchrun"  # torchrun | deepspeed: the process launcher driving the DeepSpeed engine
+    nproc: int = 0  # processes on this node; 0 = one per visible GPU, or 1 on CPU
+    accelerator: str = "auto"  # auto | cpu | cuda; cpu sets DS_ACCELERATOR=cpu and uses gloo
+    master_port: int = 0  # 0 = pick a free port
+    omp_threads: int = 0  # OMP threads per process on CPU; 0 = cores / nproc
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "offline"  # offline (default, no account needed) | online | disabled
+    project: str = "r1-pipeline"
+    progress: bool = True  # tqdm progress bar on rank 0
+    log_every: int = 1  # optimizer steps between metric records
+
+
+@dataclass
+class Config:
+    run_name: str = "default"  # runs/<run_name>/<stage.name>/
+    runs_dir: str = "runs"
+    cache_dir: str = ""  # prepared models (set from R1_CACHE_DIR or <repo>/.cache)
+    force: bool = False  # re-run a finished stage (its old folder is moved aside, not deleted)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: Any = field(default_factory=SFTStageConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment: str = "cpu"  # label of the experiment preset that was applied
+
+
+STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig}
+
+_CHOICES = {
+    "model.dtype": {"auto", "fp32", "bf16"},
+    "deepspeed.zero_stage": {0, 1, 2, 3},
+    "launcher.kind": {"torchrun", "deepspeed"},
+    "launcher.accelerator": {"auto", "cpu", "cuda"},
+    "logger.wandb_mode": {"offline", "online", "disabled"},
+}
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("default_cache_dir"):
+        OmegaConf.register_new_resolver("default_cache_dir", lambda: str(cache_dir()))
+    if not OmegaConf.has_resolver("base_model_dir"):
+        OmegaConf.register_new_resolver("base_model_dir", lambda: str(base_model_dir()))
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with command-line style overrides and validate it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    _register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            raw = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    except HydraException as e:  # unknown group option, unknown key in an override, bad syntax
+        raise ConfigError(f"config: {e}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {e}") from None
+    raw = OmegaConf.masked_copy(raw, [k for k in raw.keys() if k != "hydra"]) if "hydra" in raw else raw
+    return validate(raw)
+
+
+def validate(raw: DictConfig) -> DictConfig:
+    """Merge into the typed schema; unknown keys and bad types raise ConfigError naming the key."""
+    _register_resolvers()
+    kind = OmegaConf.select(raw, "stage.kind", default="sft")
+    if kind not in STAGE_SCHEMAS:
+        raise ConfigError(f"config key 'stage.kind': unknown stage kind {kind!r}; known: {sorted(STAGE_SCHEMAS)}")
+    schema = OmegaConf.structured(Config)
+    schema.stage = OmegaConf.structured(STAGE_SCHEMAS[kind])
+    try:
+        cfg = OmegaConf.merge(schema, raw)
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        raise ConfigError(f"config key '{key}': {_first_line(e)}") from None
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {sorted(allowed, key=str)}")
+    if not cfg.cache_dir:
+        cfg.cache_dir = str(cache_dir())
+    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load(path: str | Path) -> DictConfig:
+    """Load a resolved `config.yaml` written by the launcher (already validated there)."""
+    return validate(OmegaConf.load(path))
+
+
+def stage_dir(cfg: DictConfig) -> Path:
+    from pipeline.paths import absolute
+
+    return absolute(cfg.runs_dir) / cfg.run_name / cfg.stage.name

@@ -1,0 +1,65 @@
+"""Process-group set-up shared by every stage: DeepSpeed on CUDA (nccl) or CPU (gloo)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def all_sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
+def init() -> Dist:
+    """Initialise DeepSpeed's process group. Run under torchrun or the deepspeed launcher."""
+    cpu = os.environ.get("DS_ACCELERATOR") == "cpu" or not torch.cuda.is_available()
+    if cpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+    import deepspeed.ops
+
+    # The shared-memory comm op is compiled on first use (minutes on a laptop) and buys nothing
+    # for one process; mark it incompatible so deepspeed.comm skips building it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cpu:
+        device = torch.device("cpu")
+    else:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 on CUDA (where supported), fp32 on CPU (CPU bf16 matmuls run ~15x slower here)."""
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp32":
+        return torch.float32
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32

@@ -1,0 +1,81 @@
+"""Stage 1: cold-start SFT (R1 §2.3.1).
+
+R1 starts RL from a model fine-tuned on a few thousand long chain-of-thought examples, because RL
+from the raw base model (R1-Zero) is unstable early and produces unreadable, language-mixed
+reasoning. Here the examples are either generated (`data=coldstart`: reasoning-gym tasks with gold
+answers, written as step-by-step CoT and verified by the task's scorer) or read from the user's
+JSONL / parquet / hub dataset, then checked to be in the R1 format:
+`<think>…</think>` followed by a concise answer with `\\boxed{…}`.
+
+Run it with `make stage-1` (which calls `python -m pipeline.launch stage=stage1`); the launcher
+starts this module under torchrun / deepspeed with `--config <run>/stage1/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline import dist as dist_lib
+from pipeline import run as run_lib
+from pipeline.paths import absolute
+from pipeline.sft import train_sft
+
+
+def prepare_data(cfg, folder, is_main: bool, barrier) -> tuple[list[dict], dict]:
+    """Materialise the SFT rows once into the run folder; a resumed run re-reads the same file."""
+    path = folder / "data" / "train.jsonl"
+    manifest = run_lib.read_manifest(folder) or {}
+    recorded = manifest.get("inputs", {}).get("data", {})
+    if is_main and not path.exists():
+        rows = data_lib.load_rows(cfg.data)
+        digest = data_lib.write_jsonl(rows, path)
+        source = {"source": cfg.data.source}
+        if cfg.data.source == "file":
+            src = absolute(cfg.data.path)
+            source.update(path=str(src), sha256=data_lib.sha256_file(src))
+        elif cfg.data.source == "hub":
+            source.update(hub_id=cfg.data.hub_id, split=cfg.data.split)
+        else:
+            source.update(tasks=list(cfg.data.tasks), seed=cfg.data.seed, num_examples=cfg.data.num_examples)
+        recorded = {"path": str(path), "sha256": digest, "rows": len(rows), "origin": source}
+    barrier()
+    if is_main and recorded.get("sha256") and data_lib.sha256_file(path) != recorded["sha256"]:
+        raise data_lib.DataError(f"{path} changed since this stage started (sha256 mismatch with its manifest); "
+                                 "re-run with force=true to start over")
+    return data_lib.read_jsonl(path), recorded
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="stage-1 cold-start SFT (started by pipeline.launch)")
+    ap.add_argument("--config", required=True, help="resolved config.yaml written by the launcher")
+    args = ap.parse_args(argv)
+    cfg = config_lib.load(args.config)
+    folder = config_lib.stage_dir(cfg)
+    dist = dist_lib.init()
+    init = run_lib.resolve_init(cfg)
+
+    t0 = time.time()
+    rows, data_record = prepare_data(cfg, folder, dist.is_main, dist.barrier)
+    if dist.is_main:
+        run_lib.update_manifest(folder, stage=cfg.stage.name, kind="sft", status="running",
+                                inputs={"init": init, "data": data_record}, config=str(folder / "config.yaml"))
+    result = train_sft(cfg, dist, init["path"], rows, folder)
+    if dist.is_main:
+        run_lib.update_manifest(
+            folder, status="complete",
+            outputs={"export": str(folder / "export"), "metrics": str(folder / "metrics.jsonl"),
+                     "checkpoints": str(folder / "checkpoints")},
+            summary={"steps": result.steps, "first_loss": result.first_loss, "final_loss": result.final_loss,
+                     "tokens_per_s": result.tokens_per_s, "train_seconds": result.train_seconds,
+                     "resumed_from_step": result.resumed_from, "wall_seconds_this_attempt": time.time() - t0},
+        )
+        print(f"{cfg.stage.name} complete: loss {result.first_loss:.4f} -> {result.final_loss:.4f}, "
+              f"{result.tokens_per_s:.0f} tok/s; export: {folder / 'export'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
