@@ -36,7 +36,7 @@ class DataConfig:
     source: str = "coldstart"  # registry key in pipeline.data.SOURCES: coldstart | file | hub
     # -- coldstart: R1-format examples generated from reasoning-gym tasks with gold answers
     tasks: list[str] = field(default_factory=lambda: ["chain_sum", "basic_arithmetic", "gsm_symbolic"])
-    num_examples: int = 300  # kept examples after verification; CPU default fits the 15-minute budget
+    num_examples: int = 180  # kept examples after verification; CPU default fits the 15-minute budget
     seed: int = 1_000  # reasoning-gym item i comes from Random(seed + i); keep eval seeds far away
     # -- file / hub: user data (JSONL, parquet, or a `datasets` hub id)
     path: Optional[str] = None  # JSONL or parquet file for source=file
@@ -60,11 +60,11 @@ class SFTStageConfig:
     module: str = "stages.stage1_sft"  # the stage module the launcher runs
     name: str = "stage1"  # sub-folder of the run; also the name later stages use in init_from
     init_from: str = "base"  # "base" (model.path), a stage name of this run, or an HF folder path
-    epochs: int = 2
+    epochs: int = 1
     max_steps: Optional[int] = None  # stop early (tests, smoke runs); None = all epochs
-    pack_length: int = 512  # tokens per packed row; whole examples only, longer ones are dropped
+    pack_length: int = 1024  # tokens per packed row; whole examples only, longer ones are dropped
     micro_batch_rows: int = 1  # packed rows per micro-step per process (flattened, padding-free)
-    gradient_accumulation_steps: int = 2
+    gradient_accumulation_steps: int = 1
     lr: float = 1e-4
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 5

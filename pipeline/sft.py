@@ -141,6 +141,8 @@ def train_sft(cfg: DictConfig, dist: Dist, init_path: str, rows: list[dict], out
             logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
             nll = token_nll_sum(logits, batch["targets"])
             engine.backward(nll * scale)
+            if micro == s.gradient_accumulation_steps - 1:
+                grad_norm = _grad_norm(engine)
             engine.step()
             nll_total += nll.item()
             tok_local += batch["input_ids"].numel()
@@ -152,7 +154,7 @@ def train_sft(cfg: DictConfig, dist: Dist, init_path: str, rows: list[dict], out
         final_loss = loss
         done = step + 1
         if done % cfg.logger.log_every == 0 or done == total_steps:
-            grad_norm = engine.get_global_grad_norm()
+            grad_norm = engine.get_global_grad_norm() or grad_norm
             logger.log(done, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
                               "tokens": int(tokens), "target_tokens": int(global_targets),
                               "tok_per_s": tokens / dt, "epoch": _epoch_of(step * bins_per_step, plan, s),
@@ -171,6 +173,17 @@ def train_sft(cfg: DictConfig, dist: Dist, init_path: str, rows: list[dict], out
     return SFTResult(steps=total_steps, first_loss=first_loss, final_loss=final_loss,
                      tokens_per_s=tokens_done / t_train if t_train else 0.0, train_seconds=t_train,
                      resumed_from=start_step)
+
+
+def _grad_norm(engine):
+    """Pre-clip global grad norm where DeepSpeed does not record one (ZeRO-0 without bf16).
+
+    Called after the boundary backward, when the gradients are already averaged over ranks.
+    """
+    if engine.zero_optimization_stage() != 0 or engine.bfloat16_enabled():
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
 
 
 def _make_scheduler(optimizer, warmup: int, total: int, min_ratio: float):

@@ -1,0 +1,38 @@
+# r1-pipeline. `make help` lists the targets; ARGS passes Hydra overrides to a stage:
+#   make stage-1 ARGS="stage.lr=5e-5 run_name=exp1"
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
+INSTALLED := $(VENV)/.installed
+BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
+
+.PHONY: help setup stage-1 test test-unit test-integration clean-runs
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+setup: $(INSTALLED) $(BASE_MODEL)  ## create .venv, install (CPU torch 2.13.0 without a GPU), prepare the base model
+
+$(INSTALLED): pyproject.toml scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
+	touch $@
+
+$(BASE_MODEL): $(INSTALLED)
+	$(PY) -m pipeline.model_prep
+
+stage-1: setup  ## stage 1: cold-start SFT (resumes if interrupted; no-op when finished)
+	$(PY) -m pipeline.launch stage=stage1 $(ARGS)
+
+test: setup  ## all tests: CPU unit tests + integration (real stage-1 on a tiny model, kill + resume)
+	$(PY) -m pytest -q -m "not gpu" tests $(ARGS)
+
+test-unit: setup  ## fast unit tests only
+	$(PY) -m pytest -q -m "not gpu and not integration" tests $(ARGS)
+
+test-integration: setup  ## integration tests only
+	$(PY) -m pytest -q -m integration tests $(ARGS)
+
+clean-runs:  ## delete runs/ (all run folders!)
+	rm -rf runs

@@ -1,0 +1,151 @@
+"""Stage-1 for real, through the same launcher `make stage-1` uses, on a tiny model.
+
+No mocks: torchrun starts the stage module, DeepSpeed (gloo, CPU) trains, checkpoints are written
+and loaded by DeepSpeed. A run killed mid-way (SIGKILL of the whole job from outside, and a
+kill inside a checkpoint save) is resumed and must end with exactly the uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.checkpoint import MARKER, STAGING, complete_checkpoints
+from pipeline.metrics import read_metrics
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 6
+
+
+def launch_cmd(runs: Path, run: str, model: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.launch", "stage=stage1", f"run_name={run}", f"runs_dir={runs}",
+            f"model.path={model}", "model.name=tiny", "data.num_examples=30", "stage.pack_length=512",
+            "stage.gradient_accumulation_steps=2", f"stage.max_steps={STEPS}", "stage.save_every=2",
+            "stage.keep_last=2", "stage.lr=3e-3", "stage.warmup_steps=2", "logger=none", "logger.progress=false",
+            *extra]
+
+
+def launch(*args, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "R1_FAULT"}
+    env.update(env_extra or {})
+    return subprocess.run(launch_cmd(*args, **kw), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def losses(stage: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(stage / "metrics.jsonl")]
+
+
+def manifest(stage: Path) -> dict:
+    return json.loads((stage / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def reference(runs, tiny_model_dir) -> Path:
+    """The uninterrupted run every resumed run is compared with."""
+    p = launch(runs, "ref", tiny_model_dir)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return runs / "ref" / "stage1"
+
+
+def test_uninterrupted_run_trains_and_exports(reference):
+    m = manifest(reference)
+    assert m["status"] == "complete"
+    assert m["inputs"]["init"]["kind"] == "base"
+    assert len(m["inputs"]["data"]["sha256"]) == 64
+    curve = losses(reference)
+    assert [s for s, _ in curve] == list(range(1, STEPS + 1))
+    assert curve[-1][1] < curve[0][1] - 1.0, curve  # lr 3e-3 on a random tiny model: loss falls fast
+    records = read_metrics(reference / "metrics.jsonl")
+    assert all(r["grad_norm"] > 0 and r["tok_per_s"] > 0 for r in records)
+    assert records[0]["lr"] == pytest.approx(1.5e-3)  # warmup: step 1 of 2
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = Path(m["outputs"]["export"])
+    model = AutoModelForCausalLM.from_pretrained(export)
+    tok = AutoTokenizer.from_pretrained(export)
+    assert tok.chat_template and (export / "model.safetensors").exists()
+    out = model(**tok("1 + 1 =", return_tensors="pt"))
+    assert torch.isfinite(out.logits).all()
+    # the export is the trained model, not the initial one
+    base = AutoModelForCausalLM.from_pretrained(m["inputs"]["init"]["path"])
+    assert not torch.equal(base.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    kept = [p.name for p in complete_checkpoints(reference / "checkpoints")]
+    assert kept == ["step_00000004", "step_00000006"]  # keep_last=2
+
+
+def test_rerunning_a_finished_stage_does_nothing(reference, runs, tiny_model_dir):
+    before = (reference / "export" / "model.safetensors").stat().st_mtime_ns
+    t0 = time.time()
+    p = launch(runs, "ref", tiny_model_dir)
+    assert p.returncode == 0 and "already complete" in p.stdout
+    assert time.time() - t0 < 30
+    assert (reference / "export" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_external_kill_mid_run_then_resume_gives_identical_losses(reference, runs, tiny_model_dir):
+    stage = runs / "killed" / "stage1"
+    proc = subprocess.Popen(launch_cmd(runs, "killed", tiny_model_dir), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (stage / "checkpoints" / "step_00000002" / MARKER).exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, torchrun and the worker, mid-training
+    proc.wait()
+    assert manifest(stage)["status"] == "running"
+    assert not (stage / "export").exists()
+
+    p = launch(runs, "killed", tiny_model_dir)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resuming stage1 from step_" in p.stdout
+    assert losses(stage) == losses(reference)  # exact: same data position, RNG, optimizer, scheduler
+    assert manifest(stage)["summary"]["final_loss"] == manifest(reference)["summary"]["final_loss"]
+
+
+def test_kill_during_save_leaves_no_complete_looking_checkpoint(reference, runs, tiny_model_dir):
+    stage = runs / "torn" / "stage1"
+    p = launch(runs, "torn", tiny_model_dir, env_extra={"R1_FAULT": "during_save:4"})
+    assert p.returncode != 0
+    assert manifest(stage)["status"] == "failed"
+    torn = stage / "checkpoints" / STAGING / "step_00000004"
+    assert torn.exists() and not (torn / MARKER).exists()  # DeepSpeed wrote it, but it is not committed
+    assert [c.name for c in complete_checkpoints(stage / "checkpoints")] == ["step_00000002"]
+
+    p = launch(runs, "torn", tiny_model_dir)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resuming stage1 from step_00000002" in p.stdout
+    assert losses(stage) == losses(reference)
+
+
+def test_force_reruns_and_keeps_the_old_folder(reference, runs, tiny_model_dir):
+    p = launch(runs, "ref", tiny_model_dir, "force=true", "stage.max_steps=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert manifest(reference)["summary"]["steps"] == 2
+    old = [d for d in reference.parent.iterdir() if d.name.startswith("stage1.old-")]
+    assert len(old) == 1 and (old[0] / "export" / "model.safetensors").exists()
+
+
+def test_config_typo_fails_before_anything_is_written(runs, tiny_model_dir):
+    p = launch(runs, "typo", tiny_model_dir, "stage.lrr=1")
+    assert p.returncode == 2 and "stage.lrr" in p.stderr
+    assert not (runs / "typo").exists()
+
+
+def test_missing_parent_stage_says_what_to_run(runs, tiny_model_dir):
+    p = launch(runs, "orphan", tiny_model_dir, "stage.name=stage3", "stage.init_from=stage1")
+    assert p.returncode == 2 and "make stage-1" in p.stderr

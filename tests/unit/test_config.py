@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.config import ConfigError, compose, validate
+from pipeline.paths import CONF_DIR, REPO_ROOT
+
+
+def test_defaults_compose_and_resolve_paths():
+    cfg = compose([])
+    assert cfg.stage.name == "stage1" and cfg.stage.kind == "sft"
+    assert Path(cfg.model.path).is_absolute()
+    assert cfg.logger.wandb_mode == "offline"
+    assert cfg.experiment == "cpu"
+
+
+def test_overrides_apply_with_types():
+    cfg = compose(["stage.lr=3e-5", "deepspeed=zero3", "run_name=x", "data.tasks=[chain_sum]"])
+    assert cfg.stage.lr == pytest.approx(3e-5) and isinstance(cfg.stage.lr, float)
+    assert cfg.deepspeed.zero_stage == 3
+    assert list(cfg.data.tasks) == ["chain_sum"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("stage.lrr=1", "stage.lrr"),
+    ("+stage.lrr=1", "stage.lrr"),
+    ("stage.lr=fast", "stage.lr"),
+    ("deepspeed.zero_stage=5", "deepspeed.zero_stage"),
+    ("logger.wandb_mode=sometimes", "logger.wandb_mode"),
+    ("+modle.path=/x", "modle"),
+])
+def test_bad_override_fails_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose([override])
+
+
+def test_unknown_group_option_lists_choices():
+    with pytest.raises(ConfigError, match="smollm2"):
+        compose(["model=nope"])
+
+
+def test_typo_in_yaml_is_caught_by_schema():
+    raw = OmegaConf.merge(compose([]), {})
+    OmegaConf.set_struct(raw, False)
+    raw.stage.warmup_step = 3  # typo of warmup_steps
+    with pytest.raises(ConfigError, match=r"stage\.warmup_step"):
+        validate(raw)
+
+
+@pytest.mark.parametrize("group", ["model", "data", "stage", "deepspeed", "launcher", "logger", "experiment"])
+def test_every_config_file_composes(group):
+    """Build every option of every group (torchtune's "a test builds every config")."""
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    assert options, group
+    for opt in options:
+        extra = {"model": ["model.path=/tmp/m"], "data": ["data.path=/tmp/d.jsonl", "data.hub_id=a/b"]}.get(group, [])
+        extra = [e for e in extra if e.split(".")[0] == group and opt in ("hf", "file", "hub")]
+        cfg = compose([f"{group}={opt}", *extra])
+        assert cfg is not None
+
+
+def test_hydra_does_not_change_directory():
+    text = (CONF_DIR / "config.yaml").read_text()
+    assert "chdir: false" in text
+    assert REPO_ROOT.exists()
+
+
+def test_gpu_experiment_sets_gpu_sizes():
+    cfg = compose(["experiment=gpu"])
+    assert cfg.launcher.accelerator == "cuda"
+    assert cfg.data.num_examples >= 1000
+    assert cfg.deepspeed.zero_stage == 2

@@ -1,0 +1,38 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.maths import IGNORE, global_token_mean_scale, token_nll_sum, warmup_cosine
+
+
+def test_warmup_cosine_hand_values():
+    # warmup 4, total 14, floor 0.1
+    assert warmup_cosine(0, 4, 14, 0.1) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 14, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 14, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(9, 4, 14, 0.1) == pytest.approx(0.55)  # halfway: 0.1 + 0.9 * 0.5
+    assert warmup_cosine(14, 4, 14, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(99, 4, 14, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(0, 0, 10, 0.0) == pytest.approx(1.0)
+
+
+def test_token_nll_sum_matches_hand_computation():
+    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 5.0]]])
+    targets = torch.tensor([[0, 1, IGNORE]])
+    expected = math.log(2) + (math.log(math.exp(2) + 1) - 0.0)
+    assert token_nll_sum(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_scaled_micro_sums_give_the_global_token_mean_gradient():
+    """Two micro-batches with 3 and 1 target tokens: DeepSpeed's 1/GAS then sum must equal the
+    gradient of the mean over all 4 tokens (not the mean of the two micro means)."""
+    torch.manual_seed(0)
+    w = torch.randn(5, 7, requires_grad=True)
+    xs = [torch.randn(3, 5), torch.randn(1, 5)]
+    ys = [torch.tensor([1, 2, 3]), torch.tensor([4])]
+    ref = sum(token_nll_sum(x @ w, y) for x, y in zip(xs, ys)) / 4
+    (g_ref,) = torch.autograd.grad(ref, w)
+    gas, scale = 2, global_token_mean_scale(2, 1, 4)
+    g = sum(torch.autograd.grad(token_nll_sum(x @ w, y) * scale / gas, w)[0] for x, y in zip(xs, ys))
+    torch.testing.assert_close(g, g_ref)
