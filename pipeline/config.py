@@ -36,7 +36,7 @@ class DataConfig:
     source: str = "coldstart"  # registry key in pipeline.data.SOURCES: coldstart | file | hub
     # -- coldstart: R1-format examples generated from reasoning-gym tasks with gold answers
     tasks: list[str] = field(default_factory=lambda: ["chain_sum", "basic_arithmetic", "gsm_symbolic"])
-    num_examples: int = 180  # kept examples after verification; CPU default fits the 15-minute budget
+    num_examples: int = 150  # kept examples after verification; CPU default fits the 15-minute budget
     seed: int = 1_000  # reasoning-gym item i comes from Random(seed + i); keep eval seeds far away
     # -- file / hub: user data (JSONL, parquet, or a `datasets` hub id)
     path: Optional[str] = None  # JSONL or parquet file for source=file
@@ -48,10 +48,7 @@ class DataConfig:
     require_r1_format: bool = True  # reject rows whose answer lacks <think>…</think> and \boxed{}
     max_examples: Optional[int] = None  # cap on user data rows
     # -- common
-    system_prompt: str = (
-        "You are a helpful assistant. First think through the problem step by step inside "
-        "<think> </think> tags, then give a concise answer with the final result in \\boxed{}."
-    )
+    system_prompt: str = "Think step by step inside <think> </think>, then answer with the result in \\boxed{}."
 
 
 @dataclass

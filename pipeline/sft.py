@@ -138,7 +138,8 @@ def train_sft(cfg: DictConfig, dist: Dist, init_path: str, rows: list[dict], out
             first = (micro * dist.world + dist.rank) * bins_per_micro
             batch = collate([examples[i] for b in step_bins[first : first + bins_per_micro] for i in b])
             batch = {k: v.to(dist.device) for k, v in batch.items()}
-            logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+            # use_cache=False matters: with a KV cache transformers skips packed-sequence masking
+            logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
             nll = token_nll_sum(logits, batch["targets"])
             engine.backward(nll * scale)
             if micro == s.gradient_accumulation_steps - 1:
