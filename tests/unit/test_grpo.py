@@ -1,0 +1,93 @@
+"""GRPO maths against hand-computed numbers."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.grpo import (aggregate, gather_logprobs, group_advantages, k3_kl, policy_loss, response_mask,
+                           token_entropy, zero_variance_groups)
+
+
+def test_group_advantages_std_and_dr_grpo():
+    r = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1])
+    a = group_advantages(r, 4)
+    s = math.sqrt(1 / 3)  # unbiased std of [1, 0, 0, 1]
+    torch.testing.assert_close(a[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (s + 1e-6))
+    torch.testing.assert_close(a[4:], torch.zeros(4))  # equal rewards: no signal, no NaN
+    torch.testing.assert_close(group_advantages(r, 4, scale_by_std=False)[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    with pytest.raises(ValueError):
+        group_advantages(torch.ones(6), 4)
+
+
+def test_zero_variance_groups():
+    r = torch.tensor([1.0, 1, 0, 1, 0, 0])
+    assert zero_variance_groups(r, 2).tolist() == [True, False, True]
+
+
+def test_k3_hand_value_and_zero_at_equality():
+    logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    assert k3_kl(logp, ref).item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6)
+    assert k3_kl(logp, logp).item() == 0.0
+
+
+LOGP_OLD = torch.zeros(2, 3)
+LOGP = torch.log(torch.tensor([[1.5, 0.5, 1.0], [1.1, 1.0, 1.0]]))
+MASK = torch.tensor([[1.0, 1, 0], [1, 0, 0]])
+ADV = torch.tensor([1.0, -1.0])
+
+
+@pytest.mark.parametrize("how, expected", [("seq_mean", 0.125), ("token_mean", -0.2), ("dr_grpo", -0.1)])
+def test_clipped_surrogate_aggregations(how, expected):
+    # token terms: -min(1.5, 1.2) = -1.2 (clipped); -min(0.5, 0.8) = -0.5; -min(-1.1, -1.1) = 1.1
+    out = policy_loss(LOGP, LOGP_OLD, ADV, MASK, eps_low=0.2, eps_high=0.2, aggregation=how, max_len=3)
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+    assert out.clip_frac.item() == pytest.approx(1 / 3)
+
+
+def test_clip_higher():
+    out = policy_loss(LOGP, LOGP_OLD, ADV, MASK, eps_low=0.2, eps_high=0.6, aggregation="seq_mean")
+    assert out.loss.item() == pytest.approx(((-1.5 - 0.5) / 2 + 1.1) / 2, abs=1e-6)
+    assert out.clip_frac.item() == 0.0
+
+
+def test_kl_penalty_adds_beta_times_k3():
+    ref = torch.log(torch.tensor([[0.75, 0.25, 1.0], [1.1, 1.0, 1.0]]))
+    beta = 0.5
+    base = policy_loss(LOGP, LOGP_OLD, ADV, MASK, 0.2, 0.2, aggregation="token_mean")
+    out = policy_loss(LOGP, LOGP_OLD, ADV, MASK, 0.2, 0.2, beta=beta, ref_logp=ref, aggregation="token_mean")
+    k = [0.5 - math.log(0.5) - 1, 0.5 - math.log(0.5) - 1, 0.0]  # ref/π = 0.5, 0.5, 1
+    assert out.kl.item() == pytest.approx(sum(k) / 3, abs=1e-6)
+    assert out.loss.item() == pytest.approx(base.loss.item() + beta * sum(k) / 3, abs=1e-6)
+    with pytest.raises(ValueError):
+        policy_loss(LOGP, LOGP_OLD, ADV, MASK, 0.2, 0.2, beta=0.1)
+
+
+def test_gradient_only_through_unclipped_tokens():
+    logp = LOGP.clone().requires_grad_(True)
+    policy_loss(logp, LOGP_OLD, ADV, MASK, 0.2, 0.2, aggregation="token_mean").loss.backward()
+    g = logp.grad
+    assert g[0, 0] == 0  # clipped: no gradient
+    assert g[0, 1].item() == pytest.approx(-0.5 / 3)  # d(-ρA)/dlogp = -ρA / n_tokens
+    assert g[1, 0].item() == pytest.approx(1.1 / 3)
+    assert g[0, 2] == 0 and g[1, 1] == 0  # masked
+
+
+def test_response_mask_and_truncation():
+    m = response_mask(torch.tensor([2, 3]), torch.tensor([False, True]), 4, mask_truncated=False)
+    assert m.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0]]
+    m = response_mask(torch.tensor([2, 3]), torch.tensor([False, True]), 4, mask_truncated=True)
+    assert m.tolist() == [[1, 1, 0, 0], [0, 0, 0, 0]]
+
+
+def test_aggregate_rejects_unknown():
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate(torch.ones(1, 1), torch.ones(1, 1), "mean")
+
+
+def test_logprob_and_entropy_helpers():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])
+    assert gather_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
+    assert gather_logprobs(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(
+        math.log(math.sqrt(3) / (1 + math.sqrt(3))))
+    assert token_entropy(torch.zeros(1, 1, 4)).item() == pytest.approx(math.log(4))

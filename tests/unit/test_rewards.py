@@ -1,0 +1,125 @@
+"""Rewards on good, malformed and adversarial completions."""
+
+import time
+
+import pytest
+
+from pipeline.rewards import (REWARDS, RewardContext, accuracy_reward, extract_answer, format_reward,
+                              language_reward, language_share, score)
+from pipeline.verify import Verifier
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    c = RewardContext(verifier=Verifier(workers=2, hard_timeout_s=10), language="en")
+    yield c
+    c.verifier.close()
+
+
+GOOD = "<think>\n2 + 2 = 4.\n</think>\n\nSo the answer is \\boxed{4}."
+
+
+def math_rec(answer):
+    return {"task": "math", "answer": answer}
+
+
+def test_registry_names():
+    assert set(REWARDS) == {"accuracy", "format", "language"}
+
+
+def test_accuracy_math_verify_equivalences(ctx):
+    comps = [GOOD, "<think>x</think> \\boxed{\\frac{1}{2}}", "<think>x</think> \\boxed{0.5}",
+             "<think>x</think> \\boxed{5}", "<think>x</think> no box 4", "<think>x</think> \\boxed{4}"]
+    recs = [math_rec("4"), math_rec("0.5"), math_rec("\\frac{1}{2}"), math_rec("4"), math_rec("4"),
+            math_rec("\\unparsable{{{")]
+    assert accuracy_reward(comps, recs, ctx) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_accuracy_uses_last_box_of_the_answer_part_only(ctx):
+    # a box inside the reasoning does not count; only the final box after </think> does
+    assert accuracy_reward(["<think>\\boxed{4}</think> \\boxed{5}"], [math_rec("4")], ctx) == [0.0]
+    assert accuracy_reward(["<think>a</think> \\boxed{5} or \\boxed{4}"], [math_rec("4")], ctx) == [1.0]
+    assert extract_answer("<think>a</think><think>b</think> \\boxed{3}") == "3"
+
+
+def test_accuracy_reasoning_gym_scorer_is_binarised(ctx):
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("chain_sum", seed=5, size=1)
+    entry = ds[0]
+    rec = {"task": "chain_sum", "answer": entry["answer"], "entry": entry}
+    right = f"<think>x</think> \\boxed{{{entry['answer']}}}"
+    wrong = f"<think>x</think> \\boxed{{{int(entry['answer']) + 1}}}"
+    assert accuracy_reward([right, wrong], [rec, rec], ctx) == [1.0, 0.0]
+
+
+def test_adversarial_answers_are_cheap_and_wrong(ctx):
+    huge = "<think>x</think> \\boxed{" + "9" * 200_000 + "}"
+    nested = "<think>x</think> \\boxed{" + "{" * 5000 + "}" * 5000 + "}"
+    power = "<think>x</think> \\boxed{9^{9^{9^{9^{9}}}}}"
+    t0 = time.time()
+    out = accuracy_reward([huge, nested, power, ""], [math_rec("4")] * 4, ctx)
+    assert out == [0.0, 0.0, 0.0, 0.0]
+    assert time.time() - t0 < 30
+
+
+def _stuck(job):
+    time.sleep(60)  # a worker stuck far beyond any alarm
+
+
+def test_verifier_hard_kills_a_stuck_worker():
+    v = Verifier(workers=1, hard_timeout_s=1.0, check_fn=_stuck)
+    try:
+        t0 = time.time()
+        assert v.check([("math", ("4", "4")), ("math", ("5", "5"))]) == [False, False]
+        assert time.time() - t0 < 10 and v.timeouts == 2
+    finally:
+        v.close()
+    v = Verifier(workers=1)
+    try:
+        assert v.check([("math", ("4", "4"))]) == [True]
+    finally:
+        v.close()
+
+
+@pytest.mark.parametrize("text, expected", [
+    (GOOD, 1.0),
+    ("<think>\n\n</think> \\boxed{4}", 0.0),  # empty reasoning
+    ("<think>a</think><think>b</think> \\boxed{4}", 0.0),  # duplicated block
+    ("<think>a</think> \\boxed{4} <think>c</think>", 0.0),  # trailing block
+    ("<think>a</think> \\boxed{4} \\boxed{5}", 0.0),  # two answers
+    ("<think>a</think> the answer is 4", 0.0),  # no box
+    ("<think>a</think> \\boxed{}", 0.0),  # empty box
+    ("\\boxed{4}", 0.0),  # no reasoning at all
+    ("Sure! <think>a</think> \\boxed{4}", 0.0),  # preamble before think
+    ("<think>a \\boxed{4}", 0.0),  # unclosed
+])
+def test_format_reward(text, expected, ctx):
+    assert format_reward([text], [{}], ctx) == [expected]
+
+
+def test_language_share_by_script():
+    assert language_share("First add 3 and 4, then x = 7.", "en") == 1.0
+    assert language_share("首先计算 3 + 4 = 7", "en") == 0.0
+    assert language_share("首先计算 3 + 4 = 7", "zh") == 1.0
+    assert language_share("We compute 总和 here", "en") == pytest.approx(3 / 5)
+    assert language_share("Зная x, we get", "en") == pytest.approx(2 / 3)
+    assert language_share("1 + 2 = 3", "en") is None  # no words: nothing to judge
+    assert language_share("$\\alpha + \\beta$ with π and x", "en") == 1.0  # maths is not language
+    with pytest.raises(ValueError, match="not supported"):
+        language_share("x", "klingon")
+
+
+def test_language_reward(ctx):
+    comps = [GOOD, "<think>Let me 计算 this</think> \\boxed{1}", "no think \\boxed{1}",
+             "<think>1 + 1 = 2</think> \\boxed{2}"]
+    out = language_reward(comps, [{}] * 4, ctx)
+    assert out[0] == 1.0 and out[1] == pytest.approx(3 / 5) and out[2] == 0.0 and out[3] == 1.0
+
+
+def test_score_weights_and_components(ctx):
+    total, parts = score([GOOD, "\\boxed{4}"], [math_rec("4")] * 2, {"accuracy": 1.0, "format": 0.5}, ctx)
+    assert parts == {"accuracy": [1.0, 1.0], "format": [1.0, 0.0]}
+    assert total == [1.5, 1.0]
+    with pytest.raises(ValueError, match="unknown reward"):
+        score([GOOD], [math_rec("4")], {"acurracy": 1.0}, ctx)
