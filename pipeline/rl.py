@@ -1,0 +1,256 @@
+"""The GRPO loop shared by the RL stages: rollout -> score -> advantages -> updates -> weight sync.
+
+Each phase is a small function; the maths lives in `pipeline.grpo`, the rewards in
+`pipeline.rewards`, generation in `pipeline.rollout`. Determinism for exact resume:
+* prompts come from a seeded, epoch-shuffled order read through a cursor (saved in checkpoints);
+* every request's sampling seed is derived from (seed, step, prompt draw index);
+* the trainer's own maths is deterministic on a fixed device and thread count.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig
+
+from pipeline import grpo
+from pipeline.rewards import RewardContext, score
+from pipeline.rollout import Completion, request_seed
+
+REFLECTION_WORDS = ("wait", "verify", "re-check", "recheck", "double-check", "let me check", "mistake",
+                    "reconsider", "however", "actually")
+_REFLECTION_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+
+
+def reflection_count(text: str) -> int:
+    return len(_REFLECTION_RE.findall(text))
+
+
+def prompt_index(cursor: int, n: int, seed: int) -> int:
+    """The cursor-th prompt of an endless sequence of seeded shuffles of range(n)."""
+    epoch, pos = divmod(cursor, n)
+    order = list(range(n))
+    random.Random(seed + epoch).shuffle(order)
+    return order[pos]
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    completion: Completion
+    reward: float
+    advantage: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    samples: list[Sample]
+    groups: int
+    zero_var_groups: int  # before any refill
+    dropped_groups: int  # removed by dynamic sampling
+    prompts_drawn: int
+    gen_seconds: float
+    score_seconds: float
+
+
+def collect(rollout, prompt_ids: list[list[int]], records: list[dict], cursor: int, step: int, cfg: DictConfig,
+            ctx: RewardContext, rank: int, world: int, stop_ids: list[int]) -> tuple[Batch, int]:
+    """Generate and score groups for one step; with dynamic sampling refill zero-variance groups."""
+    s = cfg.stage
+    per_rank = s.prompts_per_step // world
+    kept: list[list[Sample]] = []
+    zero_var = dropped = drawn = 0
+    t_gen = t_score = 0.0
+    for round_ in range(s.max_refill_rounds + 1 if s.dynamic_sampling else 1):
+        need = per_rank - len(kept)
+        if need <= 0:
+            break
+        # every rank draws the same global prompt positions and takes its own slice
+        draws = [cursor + j * world + rank for j in range(need)]
+        cursor += need * world
+        drawn += need * world
+        idx = [prompt_index(d, len(records), s.seed) for d in draws]
+        t0 = time.perf_counter()
+        outs = rollout.generate([prompt_ids[i] for i in idx], s.group_size, temperature=s.rollout.temperature,
+                                top_p=s.rollout.top_p, max_tokens=s.rollout.max_new_tokens,
+                                seeds=[request_seed(s.seed, step, d) for d in draws], stop_token_ids=stop_ids)
+        t1 = time.perf_counter()
+        texts = [c.text for group in outs for c in group]
+        recs = [records[i] for i in idx for _ in range(s.group_size)]
+        total, parts = score(texts, recs, dict(s.rewards), ctx)
+        t_score += time.perf_counter() - t1
+        t_gen += t1 - t0
+        for g, i in enumerate(idx):
+            sl = slice(g * s.group_size, (g + 1) * s.group_size)
+            group = [Sample(prompt_ids=prompt_ids[i], completion=c, reward=r,
+                            parts={k: v[sl][j] for k, v in parts.items()})
+                     for j, (c, r) in enumerate(zip(outs[g], total[sl]))]
+            rewards = torch.tensor([x.reward for x in group])
+            flat = bool(grpo.zero_variance_groups(rewards, s.group_size)[0])
+            zero_var += flat and round_ == 0
+            if s.dynamic_sampling and flat and round_ < s.max_refill_rounds:
+                dropped += 1
+                continue
+            adv = grpo.group_advantages(rewards, s.group_size, scale_by_std=s.scale_by_std)
+            for x, a in zip(group, adv.tolist()):
+                x.advantage = a
+            kept.append(group)
+    samples = [x for g in kept for x in g]
+    return Batch(samples, len(kept), zero_var, dropped, drawn, t_gen, t_score), cursor
+
+
+def packed_logprobs(model, samples: list[Sample], temperature: float, device: torch.device, max_tokens: int,
+                    with_entropy: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-sample log-probs of the response tokens (and entropies), from padding-free packed rows.
+
+    Logits are computed only at the positions that predict response tokens (`logits_to_keep`), so
+    prompt tokens cost a forward pass but no vocabulary projection.
+    """
+    logps: list[torch.Tensor] = []
+    ents: list[torch.Tensor] = []
+    row: list[Sample] = []
+    used = 0
+
+    def flush():
+        nonlocal row, used
+        if not row:
+            return
+        ids, pos, keep, targets, spans = [], [], [], [], []
+        for x in row:
+            seq = x.prompt_ids + x.completion.token_ids
+            off, p, r = len(ids), len(x.prompt_ids), len(x.completion.token_ids)
+            ids += seq
+            pos += list(range(len(seq)))
+            spans.append((len(keep), r))
+            keep += list(range(off + p - 1, off + p + r - 1))
+            targets += x.completion.token_ids
+        out = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
+                    use_cache=False, logits_to_keep=torch.tensor(keep, device=device))
+        logits = out.logits[0]
+        lp = grpo.gather_logprobs(logits, torch.tensor(targets, device=device), temperature)
+        ent = None
+        if with_entropy:
+            with torch.no_grad():
+                ent = grpo.token_entropy(logits / temperature)
+        for start, r in spans:
+            logps.append(lp[start:start + r])
+            if ent is not None:
+                ents.append(ent[start:start + r])
+        row, used = [], 0
+
+    for x in samples:
+        n = len(x.prompt_ids) + len(x.completion.token_ids)
+        if used + n > max_tokens and row:
+            flush()
+        row.append(x)
+        used += n
+    flush()
+    return logps, ents
+
+
+def pad(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0
+    kl: float = 0.0
+    clip_frac: float = 0.0
+    entropy: float = 0.0
+    updates: int = 0
+
+
+def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: torch.device, step: int) -> UpdateStats:
+    """num_minibatches optimizer steps on one rollout batch."""
+    s = cfg.stage
+    temp = s.rollout.temperature
+    stats = UpdateStats()
+    if not samples:
+        return stats
+    order = list(range(len(samples)))
+    random.Random(s.seed * 7919 + step).shuffle(order)
+    chunks = [order[i::s.num_minibatches] for i in range(s.num_minibatches)]
+    chunks = [c for c in chunks if c]
+    max_len = s.rollout.max_new_tokens
+    with torch.no_grad():
+        # the policy before any update = the rollout policy (weights were synced), in trainer numerics
+        old = packed_logprobs(engine, samples, temp, device, s.max_tokens_per_forward)[0] \
+            if len(chunks) > 1 else None
+        ref = packed_logprobs(ref_model, samples, temp, device, s.max_tokens_per_forward)[0] \
+            if ref_model is not None else None
+    for chunk in chunks:
+        mb = [samples[i] for i in chunk]
+        logp_list, ent_list = packed_logprobs(engine, mb, temp, device, s.max_tokens_per_forward, with_entropy=True)
+        logp = pad(logp_list)
+        old_logp = pad([old[i] for i in chunk]) if old is not None else logp.detach()
+        ref_logp = pad([ref[i] for i in chunk]) if ref is not None else None
+        lengths = torch.tensor([len(x.completion.token_ids) for x in mb])
+        truncated = torch.tensor([x.completion.truncated for x in mb])
+        mask = grpo.response_mask(lengths, truncated, logp.size(1), s.mask_truncated).to(device)
+        adv = torch.tensor([x.advantage for x in mb], device=device)
+        out = grpo.policy_loss(logp, old_logp, adv, mask, s.eps_low, s.eps_high, beta=s.beta, ref_logp=ref_logp,
+                               aggregation=s.aggregation, max_len=max_len)
+        engine.backward(out.loss)
+        engine.step()
+        ent = pad(ent_list)
+        full = grpo.response_mask(lengths, truncated, logp.size(1), False).to(device)
+        stats.loss += out.loss.item()
+        stats.kl += out.kl.item()
+        stats.clip_frac += out.clip_frac.item()
+        stats.entropy += ((ent * full).sum() / full.sum().clamp(min=1)).item()
+        stats.updates += 1
+    n = max(1, stats.updates)
+    stats.loss, stats.kl, stats.clip_frac, stats.entropy = (stats.loss / n, stats.kl / n, stats.clip_frac / n,
+                                                            stats.entropy / n)
+    return stats
+
+
+def policy_weights(engine, zero_stage: int):
+    """HF-named parameters of the policy (tied weights once), gathered under ZeRO-3."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return [(n, p.detach().clone()) for n, p in module.named_parameters()]
+    return [(n, p.detach()) for n, p in module.named_parameters()]
+
+
+def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
+    xs = batch.samples
+    n = max(1, len(xs))
+    lengths = [len(x.completion.token_ids) for x in xs] or [0]
+    m = {
+        "reward": sum(x.reward for x in xs) / n,
+        "accuracy": sum(x.parts.get("accuracy", 0.0) for x in xs) / n,
+        "response_len_mean": sum(lengths) / n,
+        "response_len_max": max(lengths),
+        "truncated_frac": sum(x.completion.truncated for x in xs) / n,
+        "reflection_per_response": sum(reflection_count(x.completion.text) for x in xs) / n,
+        "zero_var_group_frac": batch.zero_var_groups / max(1, batch.groups + batch.dropped_groups),
+        "groups": batch.groups,
+        "dropped_groups": batch.dropped_groups,
+        "loss": stats.loss, "kl": stats.kl, "clip_frac": stats.clip_frac, "entropy": stats.entropy,
+    }
+    for name in (xs[0].parts if xs else {}):
+        m[f"reward/{name}"] = sum(x.parts[name] for x in xs) / n
+    return m
+
+
+def evaluate(rollout, prompt_ids: list[list[int]], records: list[dict], ctx: RewardContext, max_tokens: int,
+             stop_ids: list[int]) -> dict:
+    """Greedy held-out accuracy (and format rate) with the rollout engine's current weights."""
+    outs = rollout.generate(prompt_ids, 1, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
+                            seeds=[0] * len(prompt_ids), stop_token_ids=stop_ids)
+    texts = [g[0].text for g in outs]
+    _, parts = score(texts, records, {"accuracy": 1.0, "format": 1.0}, ctx)
+    n = max(1, len(texts))
+    return {"eval_accuracy": sum(parts["accuracy"]) / n, "eval_format": sum(parts["format"]) / n,
+            "eval_len_mean": sum(len(g[0].token_ids) for g in outs) / n}

@@ -1,0 +1,175 @@
+"""Stage 2: reasoning-oriented RL with GRPO and rule-based rewards (R1 §2.2-2.3).
+
+Starts from stage-1's export. Per step: sample `group_size` outputs for each of `prompts_per_step`
+prompts with vLLM, score them with the rule rewards (accuracy via verifiers, format, language
+consistency), turn rewards into group-relative advantages, take `num_minibatches` clipped-surrogate
+updates with a k3 KL penalty to a reference model refreshed every `ref_update_every` steps, and push
+the new weights into the running vLLM engine in place. The maths is `pipeline.grpo`, the loop
+`pipeline.rl`; this module wires them to the run folder, checkpoints and logging.
+
+    make stage-2                      # after make stage-1
+    make stage-2 ARGS="stage.group_size=16 stage.aggregation=token_mean stage.eps_high=0.28"
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline import checkpoint
+from pipeline import config as config_lib
+from pipeline import dist as dist_lib
+from pipeline import run as run_lib
+from pipeline.maths import warmup_cosine
+from pipeline.metrics import MetricsLogger, read_metrics
+from pipeline.prompts import chat, load_prompts
+from pipeline.rewards import RewardContext
+from pipeline.rl import batch_metrics, collect, evaluate, policy_weights, update
+from pipeline.rollout import VLLMRollout
+from pipeline.sft import load_model
+
+
+def ds_config(cfg, world: int, bf16: bool) -> dict:
+    s, z = cfg.stage, cfg.deepspeed
+    return {
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
+        "gradient_clipping": s.grad_clip, "bf16": {"enabled": bf16},
+        "zero_optimization": {"stage": z.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "optimizer": {"type": "AdamW", "params": {"lr": s.lr, "betas": list(s.betas), "eps": 1e-8,
+                                                  "weight_decay": s.weight_decay, "torch_adam": z.torch_adam}},
+        "steps_per_print": 10**9,
+    }
+
+
+def encode_prompts(tokenizer, records, system_prompt) -> list[list[int]]:
+    out = []
+    for r in records:
+        ids = tokenizer.apply_chat_template(chat(r, system_prompt), tokenize=True, add_generation_prompt=True)
+        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="stage-2 GRPO (started by pipeline.launch)")
+    ap.add_argument("--config", required=True)
+    cfg = config_lib.load(ap.parse_args(argv).config)
+    s = cfg.stage
+    folder = config_lib.stage_dir(cfg)
+    dist = dist_lib.init()
+    if s.prompts_per_step % dist.world:
+        raise config_lib.ConfigError(f"config key 'stage.prompts_per_step': {s.prompts_per_step} is not divisible "
+                                     f"by the {dist.world} processes")
+    init = run_lib.resolve_init(cfg)
+    torch.manual_seed(s.seed)
+    dtype = dist_lib.resolve_dtype(cfg.model.dtype, dist.device)
+    model, tokenizer = load_model(init["path"], cfg, dist.device)
+    records = load_prompts(cfg.data, "train")
+    eval_records = load_prompts(cfg.data, "eval")
+    prompt_ids = encode_prompts(tokenizer, records, cfg.data.system_prompt)
+    eval_ids = encode_prompts(tokenizer, eval_records, cfg.data.system_prompt)
+    stop_ids = [tokenizer.eos_token_id]
+    max_len = max(len(p) for p in prompt_ids + eval_ids) + s.rollout.max_new_tokens
+
+    import deepspeed
+
+    total_updates = s.steps * s.num_minibatches
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds_config(cfg, dist.world, dtype == torch.bfloat16),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
+            warmup_cosine, warmup_steps=s.warmup_steps, total_steps=total_updates, min_lr_ratio=s.min_lr_ratio)))
+    ref_model = None
+    if s.beta > 0:
+        ref_model = copy.deepcopy(engine.module).eval().requires_grad_(False)
+
+    ckpt_dir = folder / "checkpoints"
+    step, cursor, ref_step = 0, 0, 0
+    last = checkpoint.latest(ckpt_dir)
+    if last is not None:
+        state = checkpoint.load(engine, last, dist.rank)
+        step, cursor, ref_step = int(state["step"]), int(state["cursor"]), int(state["ref_step"])
+        if ref_model is not None:
+            from safetensors.torch import load_file
+
+            ref_model.load_state_dict(load_file(last / "ref.safetensors"), strict=False)
+        if dist.is_main:
+            print(f"resuming {s.name} from {last.name} (step {step}/{s.steps})", flush=True)
+
+    rollout = VLLMRollout(init["path"], max_model_len=max_len, seed=s.seed, dtype="auto" if dist.device.type ==
+                          "cuda" else "float32", gpu_memory_utilization=s.rollout.gpu_memory_utilization,
+                          cpu_kv_cache_gb=s.rollout.cpu_kv_cache_gb, enable_sleep=s.rollout.sleep_during_training)
+    if step > 0:
+        rollout.push_weights(policy_weights(engine, cfg.deepspeed.zero_stage))
+    ctx = RewardContext(language=s.language)
+    ctx.verifier.workers = s.verifier_workers
+    if dist.is_main:
+        run_lib.update_manifest(folder, stage=s.name, kind="grpo", status="running",
+                                inputs={"init": init, "prompts": {"source": cfg.data.source, "train": len(records),
+                                                                  "eval": len(eval_records)}},
+                                config=str(folder / "config.yaml"))
+    logger = MetricsLogger(folder / "metrics.jsonl", cfg, step, enabled=dist.is_main)
+    if step == 0 and dist.is_main:
+        logger.log(0, evaluate(rollout, eval_ids, eval_records, ctx, s.rollout.max_new_tokens, stop_ids))
+    bar = tqdm(total=s.steps, initial=step, desc=s.name, unit="step", disable=not (dist.is_main and cfg.logger.progress))
+    while step < s.steps:
+        t0 = time.perf_counter()
+        batch, cursor = collect(rollout, prompt_ids, records, cursor, step, cfg, ctx, dist.rank, dist.world, stop_ids)
+        rollout.sleep()
+        t1 = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]
+        stats = update(engine, ref_model, batch.samples, cfg, dist.device, step)
+        t2 = time.perf_counter()
+        rollout.push_weights(policy_weights(engine, cfg.deepspeed.zero_stage))
+        t3 = time.perf_counter()
+        step += 1
+        if ref_model is not None and step - ref_step >= s.ref_update_every:
+            ref_model.load_state_dict(engine.module.state_dict())
+            ref_step = step
+        m = batch_metrics(batch, stats)
+        gen_tokens = sum(len(x.completion.token_ids) for x in batch.samples)
+        m.update(lr=lr, time_generate=batch.gen_seconds, time_score=batch.score_seconds, time_train=t2 - t1,
+                 time_sync=t3 - t2, rollout_tok_per_s=gen_tokens / max(batch.gen_seconds, 1e-9),
+                 step_seconds=t3 - t0, prompts_drawn=batch.prompts_drawn)
+        if dist.is_main and (step % s.eval_every == 0 or step == s.steps):
+            m.update(evaluate(rollout, eval_ids, eval_records, ctx, s.rollout.max_new_tokens, stop_ids))
+        logger.log(step, m)
+        bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response_len_mean']:.0f}")
+        bar.update(1)
+        from pipeline.faults import maybe_fault
+
+        maybe_fault("after_step", step)
+        if step % s.save_every == 0 or step == s.steps:
+            def write_ref(d: Path):
+                if ref_model is not None:
+                    from safetensors.torch import save_file
+
+                    save_file({k: v.contiguous() for k, v in ref_model.state_dict().items()
+                               if k != "lm_head.weight"}, d / "ref.safetensors")
+            checkpoint.save(engine, ckpt_dir, step, {"step": step, "cursor": cursor, "ref_step": ref_step},
+                            dist.rank, dist.barrier, s.keep_last, write_extra=write_ref)
+    bar.close()
+    checkpoint.export_hf(engine, tokenizer, folder / "export", dist.rank, cfg.deepspeed.zero_stage, dist.barrier)
+    logger.close()
+    ctx.verifier.close()
+    if dist.is_main:
+        recs = read_metrics(folder / "metrics.jsonl")
+        evals = [r for r in recs if "eval_accuracy" in r]
+        summary = {"steps": step, "eval_accuracy_first": evals[0]["eval_accuracy"] if evals else None,
+                   "eval_accuracy_last": evals[-1]["eval_accuracy"] if evals else None,
+                   "reward_first": next((r["reward"] for r in recs if "reward" in r), None),
+                   "reward_last": next((r["reward"] for r in reversed(recs) if "reward" in r), None)}
+        run_lib.update_manifest(folder, status="complete", summary=summary,
+                                outputs={"export": str(folder / "export"), "metrics": str(folder / "metrics.jsonl"),
+                                         "checkpoints": str(ckpt_dir)})
+        print(f"{s.name} complete: {summary}; export: {folder / 'export'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
