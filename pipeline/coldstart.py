@@ -136,14 +136,14 @@ WRITERS: dict[str, Callable[[dict], tuple[str, str, str]]] = {
 }
 
 
-def examples(task: str, seed: int, system_prompt: str, limit: int) -> Iterator[dict]:
+def examples(task: str, seed: int, system_prompt: str, limit: int, task_kwargs: dict | None = None) -> Iterator[dict]:
     """Yield up to `limit` verified R1-format chat examples for one reasoning-gym task."""
     import reasoning_gym
 
     if task not in WRITERS:
         raise ValueError(f"config key 'data.tasks': no cold-start writer for task {task!r}; known: {sorted(WRITERS)}")
     size = max(2 * limit, 16)
-    ds = reasoning_gym.create_dataset(task, seed=seed, size=size)
+    ds = reasoning_gym.create_dataset(task, seed=seed, size=size, **(task_kwargs or {}))
     kept = 0
     for i in range(size):
         if kept >= limit:

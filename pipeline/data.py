@@ -30,7 +30,8 @@ def load_coldstart(cfg: DictConfig) -> list[dict]:
     if not tasks:
         raise DataError("config key 'data.tasks': empty task list")
     quotas = [cfg.num_examples // len(tasks) + (i < cfg.num_examples % len(tasks)) for i in range(len(tasks))]
-    per_task = [list(examples(t, cfg.seed, cfg.system_prompt, q)) for t, q in zip(tasks, quotas)]
+    kwargs = {k: dict(v) for k, v in (cfg.task_kwargs or {}).items()}
+    per_task = [list(examples(t, cfg.seed, cfg.system_prompt, q, kwargs.get(t))) for t, q in zip(tasks, quotas)]
     for t, q, rows in zip(tasks, quotas, per_task):
         if len(rows) < q:
             raise DataError(f"cold-start task {t!r}: only {len(rows)} of {q} examples could be written and verified")

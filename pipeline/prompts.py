@@ -21,7 +21,7 @@ from pipeline.data import DataError
 from pipeline.paths import absolute
 
 
-def reasoning_gym_prompts(tasks: list[str], seed: int, size: int) -> list[dict]:
+def reasoning_gym_prompts(tasks: list[str], seed: int, size: int, task_kwargs: dict | None = None) -> list[dict]:
     import reasoning_gym
 
     if not tasks:
@@ -30,7 +30,7 @@ def reasoning_gym_prompts(tasks: list[str], seed: int, size: int) -> list[dict]:
     columns = []
     for task, n in zip(tasks, per_task):
         try:
-            ds = reasoning_gym.create_dataset(task, seed=seed, size=max(n, 1))
+            ds = reasoning_gym.create_dataset(task, seed=seed, size=max(n, 1), **dict((task_kwargs or {}).get(task, {})))
         except Exception as e:
             raise DataError(f"config key 'data.tasks': reasoning-gym cannot build {task!r}: {e}") from None
         columns.append([{"id": f"{task}/{seed}/{i}", "question": ds[i]["question"], "answer": str(ds[i]["answer"]),
@@ -78,9 +78,10 @@ def load_prompts(cfg: DictConfig, split: str) -> list[dict]:
 
 
 def _rg(cfg: DictConfig, split: str) -> list[dict]:
+    kwargs = {k: dict(v) for k, v in (cfg.task_kwargs or {}).items()}
     if split == "train":
-        return reasoning_gym_prompts(list(cfg.tasks), cfg.seed, cfg.num_examples)
-    return reasoning_gym_prompts(list(cfg.tasks), cfg.eval_seed, cfg.eval_examples)
+        return reasoning_gym_prompts(list(cfg.tasks), cfg.seed, cfg.num_examples, kwargs)
+    return reasoning_gym_prompts(list(cfg.tasks), cfg.eval_seed, cfg.eval_examples, kwargs)
 
 
 def _file(cfg: DictConfig, split: str) -> list[dict]:

@@ -32,13 +32,14 @@ def tokenizer(base_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, base_dir, tokenizer) -> Path:
-    """A 2-layer, 64-wide Llama with SmolLM2's tokenizer and chat template, random weights."""
+    """A 2-layer, 128-wide Llama (head_dim 64: vLLM's CPU attention needs it) with SmolLM2's tokenizer
+    and chat template, random weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                       tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     out = tmp_path_factory.mktemp("tiny-llama")
@@ -51,3 +52,53 @@ def tiny_model_dir(tmp_path_factory, base_dir, tokenizer) -> Path:
 def clean_env(monkeypatch):
     monkeypatch.delenv("R1_FAULT", raising=False)
     return os.environ
+
+
+def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0) -> Path:
+    """Teach a tiny random model the R1 *format* (not arithmetic) with plain SFT, so an RL test starts
+    from a policy that answers in the expected place but with random numbers: the accuracy reward then
+    has something to learn (a random-token policy never earns any reward at all)."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.config import compose
+    from pipeline.maths import token_nll_sum
+    from pipeline.packing import collate, tokenize_chat
+    from pipeline.prompts import load_prompts
+
+    cfg = compose(["stage=stage2", "data.num_examples=256"] + TINY_TASK)
+    rng = random.Random(seed)
+    examples = []
+    for r in load_prompts(cfg.data, "train"):
+        expr = r["entry"]["metadata"]["expression"]
+        reply = f"<think>\n{expr}\n</think>\n\n\\boxed{{{rng.randint(0, 18)}}}"
+        messages = [{"role": "system", "content": cfg.data.system_prompt}, {"role": "user", "content": r["question"]},
+                    {"role": "assistant", "content": reply}]
+        examples.append(tokenize_chat(tokenizer, messages))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch = collate([examples[(8 * step + j) % len(examples)] for j in range(8)])
+        out_ = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        loss = token_nll_sum(out_.logits, batch["targets"]) / (batch["targets"] != -100).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# Single-digit sums: a task a 2-layer model can learn by RL in a couple of minutes on CPU.
+TINY_TASK = ["data.tasks=[chain_sum]",
+             "data.task_kwargs={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}"]
+
+
+@pytest.fixture(scope="session")
+def warm_tiny_model_dir(tmp_path_factory, tiny_model_dir, tokenizer) -> Path:
+    # 75 steps: about half of its samples are in format, so GRPO groups have reward variance
+    return warm_start(tiny_model_dir, tmp_path_factory.mktemp("warm-tiny"), tokenizer, steps=75)

@@ -55,6 +55,8 @@ def test_every_config_file_composes(group):
     for opt in options:
         extra = {"hf": ["model.path=/tmp/m"], "file": ["data.path=/tmp/d.jsonl"], "hub": ["data.hub_id=a/b"]}
         extra = extra.get(opt, []) if group in ("model", "data") else []
+        if opt == "gpu_rl":
+            extra = ["stage=stage2"]
         cfg = compose([f"{group}={opt}", *extra])
         assert cfg is not None
 
