@@ -63,3 +63,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def deepspeed_config(cfg, world: int, bf16: bool, grad_accum: int) -> dict:
+    """The DeepSpeed engine config every stage uses; micro-batches are single flattened packed rows."""
+    s, z = cfg.stage, cfg.deepspeed
+    zero: dict = {"stage": z.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
+    if z.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": grad_accum * world,
+        "gradient_clipping": s.grad_clip,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": zero,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": s.lr, "betas": list(s.betas), "eps": 1e-8, "weight_decay": s.weight_decay,
+            "torch_adam": z.torch_adam}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from pipeline import checkpoint
-from pipeline.dist import Dist, resolve_dtype
+from pipeline.dist import Dist, deepspeed_config, resolve_dtype
 from pipeline.faults import maybe_fault
 from pipeline.maths import global_token_mean_scale, token_nll_sum, warmup_cosine
 from pipeline.metrics import MetricsLogger
@@ -39,26 +39,6 @@ class SFTResult:
     tokens_per_s: float
     train_seconds: float
     resumed_from: int
-
-
-def deepspeed_config(cfg: DictConfig, world: int, bf16: bool) -> dict:
-    s, z = cfg.stage, cfg.deepspeed
-    zero: dict = {"stage": z.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
-    if z.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    return {
-        "train_micro_batch_size_per_gpu": 1,  # one flattened, packed row of micro_batch_rows bins
-        "gradient_accumulation_steps": s.gradient_accumulation_steps,
-        "train_batch_size": s.gradient_accumulation_steps * world,
-        "gradient_clipping": s.grad_clip,
-        "bf16": {"enabled": bf16},
-        "zero_optimization": zero,
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": s.lr, "betas": list(s.betas), "eps": 1e-8, "weight_decay": s.weight_decay,
-            "torch_adam": z.torch_adam}},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
 
 
 def load_model(path: str, cfg: DictConfig, device: torch.device):
@@ -102,7 +82,7 @@ def train_sft(cfg: DictConfig, dist: Dist, init_path: str, rows: list[dict], out
 
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg, dist.world, dtype == torch.bfloat16),
+        config=deepspeed_config(cfg, dist.world, dtype == torch.bfloat16, s.gradient_accumulation_steps),
         lr_scheduler=functools.partial(_make_scheduler, warmup=s.warmup_steps, total=total_steps,
                                        min_ratio=s.min_lr_ratio),
     )

@@ -35,18 +35,6 @@ from pipeline.rollout import VLLMRollout
 from pipeline.sft import load_model
 
 
-def ds_config(cfg, world: int, bf16: bool) -> dict:
-    s, z = cfg.stage, cfg.deepspeed
-    return {
-        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
-        "gradient_clipping": s.grad_clip, "bf16": {"enabled": bf16},
-        "zero_optimization": {"stage": z.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
-        "optimizer": {"type": "AdamW", "params": {"lr": s.lr, "betas": list(s.betas), "eps": 1e-8,
-                                                  "weight_decay": s.weight_decay, "torch_adam": z.torch_adam}},
-        "steps_per_print": 10**9,
-    }
-
-
 def encode_prompts(tokenizer, records, system_prompt) -> list[list[int]]:
     out = []
     for r in records:
@@ -81,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     total_updates = s.steps * s.num_minibatches
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=ds_config(cfg, dist.world, dtype == torch.bfloat16),
+        config=dist_lib.deepspeed_config(cfg, dist.world, dtype == torch.bfloat16, grad_accum=1),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
             warmup_cosine, warmup_steps=s.warmup_steps, total_steps=total_updates, min_lr_ratio=s.min_lr_ratio)))
     ref_model = None
