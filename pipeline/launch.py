@@ -72,8 +72,9 @@ def command(cfg, config_path: Path, acc: str, nproc: int) -> tuple[list[str], di
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", cfg.stage.module, *module_args]
     else:
+        # --no_local_rank: the stage reads LOCAL_RANK from the environment, as under torchrun
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), "--module"]
+               "--master_port", str(port), "--no_local_rank", "--module"]
         cmd += ["--num_gpus", str(nproc)] if acc == "cuda" else ["--num_accelerators", str(nproc)]
         cmd += [cfg.stage.module, *module_args]
     return cmd, env

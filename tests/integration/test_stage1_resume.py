@@ -149,3 +149,31 @@ def test_config_typo_fails_before_anything_is_written(runs, tiny_model_dir):
 def test_missing_parent_stage_says_what_to_run(runs, tiny_model_dir):
     p = launch(runs, "orphan", tiny_model_dir, "stage.name=stage3", "stage.init_from=stage1")
     assert p.returncode == 2 and "make stage-1" in p.stderr
+
+
+def test_deepspeed_launcher_runs_the_same_stage(runs, tiny_model_dir):
+    p = launch(runs, "dslaunch", tiny_model_dir, "launcher=deepspeed", "stage.max_steps=2")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "with deepspeed" in p.stdout
+    assert [s for s, _ in losses(runs / "dslaunch" / "stage1")] == [1, 2]
+
+
+@pytest.mark.parametrize("zero, dtype", [(2, "fp32"), (3, "bf16")])
+def test_two_processes_with_zero_sharding_train_and_export(runs, tiny_model_dir, zero, dtype):
+    """gloo on CPU, 2 ranks: ZeRO-2 shards optimizer state and gradients; ZeRO-3 also the weights,
+    which the export gathers back into one HF folder."""
+    name = f"zero{zero}"
+    p = launch(runs, name, tiny_model_dir, f"deepspeed=zero{zero}", f"model.dtype={dtype}", "launcher.nproc=2",
+               "stage.max_steps=2", "stage.gradient_accumulation_steps=1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "world 2" in p.stdout and f"zero {zero}" in p.stdout
+    curve = losses(runs / name / "stage1")
+    assert [s for s, _ in curve] == [1, 2] and all(l == l and l > 0 for _, l in curve)  # finite
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(runs / name / "stage1" / "export")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.model.layers[0].mlp.up_proj.weight.shape == base.model.layers[0].mlp.up_proj.weight.shape
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight.float(), base.model.layers[0].mlp.up_proj.weight)
