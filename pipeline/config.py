@@ -97,7 +97,7 @@ class GRPOStageConfig:
     module: str = "stages.stage2_grpo"
     name: str = "stage2"
     init_from: str = "stage1"  # the stage-1 export (R1 starts reasoning RL from the cold-start model)
-    steps: int = 12  # rollout batches (= policy iterations)
+    steps: int = 10  # rollout batches (= policy iterations)
     prompts_per_step: int = 4
     group_size: int = 8  # G outputs per prompt (R1: 16)
     num_minibatches: int = 1  # optimizer updates per rollout batch
@@ -122,8 +122,8 @@ class GRPOStageConfig:
     rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2, "language": 0.1})
     language: str = "en"  # target language of the chain of thought
     verifier_workers: int = 2
-    max_tokens_per_forward: int = 4096  # trainer packs sequences into rows of at most this many tokens
-    eval_every: int = 4  # greedy held-out accuracy every N steps (and before the first step)
+    max_tokens_per_forward: int = 1024  # trainer packs sequences into rows of at most this many tokens
+    eval_every: int = 5  # greedy held-out accuracy every N steps (and before the first step)
     save_every: int = 2
     keep_last: int = 2
     seed: int = 42

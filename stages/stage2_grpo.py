@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pipeline import checkpoint
 from pipeline import config as config_lib
 from pipeline import dist as dist_lib
 from pipeline import run as run_lib
+from pipeline.faults import maybe_fault
 from pipeline.maths import warmup_cosine
 from pipeline.metrics import MetricsLogger, read_metrics
 from pipeline.prompts import chat, load_prompts
@@ -33,6 +35,13 @@ from pipeline.rewards import RewardContext
 from pipeline.rl import batch_metrics, collect, evaluate, policy_weights, update
 from pipeline.rollout import VLLMRollout
 from pipeline.sft import load_model
+
+
+def save_reference(ref_model, folder: Path) -> None:
+    """The reference model is part of the RL state: after a refresh it is no longer the init model."""
+    if ref_model is not None:
+        save_file({k: v.contiguous() for k, v in ref_model.state_dict().items() if k != "lm_head.weight"},
+                  folder / "ref.safetensors")
 
 
 def encode_prompts(tokenizer, records, system_prompt) -> list[list[int]]:
@@ -83,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         state = checkpoint.load(engine, last, dist.rank)
         step, cursor, ref_step = int(state["step"]), int(state["cursor"]), int(state["ref_step"])
         if ref_model is not None:
-            from safetensors.torch import load_file
-
-            ref_model.load_state_dict(load_file(last / "ref.safetensors"), strict=False)
+            ref_model.load_state_dict(load_file(last / "ref.safetensors"), strict=False)  # lm_head is tied
         if dist.is_main:
             print(f"resuming {s.name} from {last.name} (step {step}/{s.steps})", flush=True)
 
@@ -129,18 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.log(step, m)
         bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response_len_mean']:.0f}")
         bar.update(1)
-        from pipeline.faults import maybe_fault
-
         maybe_fault("after_step", step)
         if step % s.save_every == 0 or step == s.steps:
-            def write_ref(d: Path):
-                if ref_model is not None:
-                    from safetensors.torch import save_file
-
-                    save_file({k: v.contiguous() for k, v in ref_model.state_dict().items()
-                               if k != "lm_head.weight"}, d / "ref.safetensors")
             checkpoint.save(engine, ckpt_dir, step, {"step": step, "cursor": cursor, "ref_step": ref_step},
-                            dist.rank, dist.barrier, s.keep_last, write_extra=write_ref)
+                            dist.rank, dist.barrier, s.keep_last,
+                            write_extra=functools.partial(save_reference, ref_model))
     bar.close()
     checkpoint.export_hf(engine, tokenizer, folder / "export", dist.rank, cfg.deepspeed.zero_stage, dist.barrier)
     logger.close()
