@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +32,23 @@ class Dist:
         return t.tolist()
 
 
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent process dies, so a killed launcher or torchrun never leaves
+    an orphaned trainer writing into the run folder while a resumed attempt runs (PR_SET_PDEATHSIG;
+    torchrun starts workers in their own sessions, so a process-group kill does not reach them)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def init() -> Dist:
     """Initialise DeepSpeed's process group. Run under torchrun or the deepspeed launcher."""
+    die_with_parent()
     cpu = os.environ.get("DS_ACCELERATOR") == "cpu" or not torch.cuda.is_available()
     if cpu:
         os.environ["DS_ACCELERATOR"] = "cpu"

@@ -132,7 +132,9 @@ def launch(overrides: list[str]) -> int:
 
     cmd, env = command(cfg, config_path, acc, nproc)
     print(f"launching {name} on {nproc} x {acc} with {cfg.launcher.kind}: {' '.join(cmd[2:])}", flush=True)
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True)
+    from pipeline.dist import die_with_parent
+
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
 
     def forward(signum, _frame):  # Ctrl-C / kill reach the whole job, not just the launcher
         try:

@@ -105,8 +105,13 @@ def test_external_kill_mid_run_then_resume_gives_identical_losses(reference, run
     while not (stage / "checkpoints" / "step_00000002" / MARKER).exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, torchrun and the worker, mid-training
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher; torchrun and the worker must die with it
     proc.wait()
+    config = str(stage / "config.yaml")
+    deadline = time.time() + 30
+    while subprocess.run(["pgrep", "-f", config], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "trainer processes outlived the killed launcher"
+        time.sleep(0.2)
     assert manifest(stage)["status"] == "running"
     assert not (stage / "export").exists()
 
