@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from omegaconf import DictConfig
 
@@ -39,8 +39,8 @@ def load_coldstart(cfg: DictConfig) -> list[dict]:
     return [rows[i] for i in range(max(quotas, default=0)) for rows in per_task if i < len(rows)]
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    rows = []
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; bad JSON is an error naming file and line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -51,8 +51,11 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((f"{path}:{lineno}", obj))
-    return rows
+            yield lineno, obj
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    return [(f"{path}:{lineno}", obj) for lineno, obj in iter_jsonl(path)]
 
 
 def _read_parquet(path: Path) -> list[tuple[str, dict]]:

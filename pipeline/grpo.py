@@ -81,22 +81,21 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     adv = advantages.unsqueeze(-1).to(logp.dtype)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    per_token = -torch.minimum(unclipped, clipped)
+    pg_token = -torch.minimum(unclipped, clipped)
     m = mask.to(logp.dtype)
-    kl = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    if beta > 0.0:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs ref_logp")
+    if beta > 0.0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logp")
+    per_token, kl = pg_token, torch.zeros((), dtype=logp.dtype, device=logp.device)
+    if ref_logp is not None:  # logged whenever a reference exists, penalised only with beta > 0
         kl_tok = k3_kl(logp, ref_logp)
-        per_token = per_token + beta * kl_tok
         kl = (kl_tok * m).sum() / m.sum().clamp(min=1)
-    elif ref_logp is not None:
-        kl = (k3_kl(logp, ref_logp) * m).sum() / m.sum().clamp(min=1)
+        if beta > 0.0:
+            per_token = pg_token + beta * kl_tok
     loss = aggregate(per_token, mask, aggregation, max_len)
     with torch.no_grad():
         was_clipped = (clipped < unclipped) & mask.bool()  # the clipped term is the active one
         clip_frac = was_clipped.sum() / mask.sum().clamp(min=1)
-        pg = aggregate(-torch.minimum(unclipped, clipped), mask, aggregation, max_len)
+        pg = aggregate(pg_token, mask, aggregation, max_len)
     return PolicyLoss(loss=loss, pg_loss=pg, kl=kl.detach(), clip_frac=clip_frac)
 
 

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from pipeline import config as config_lib
 from pipeline import run as run_lib
+from pipeline.dist import die_with_parent
 from pipeline.paths import REPO_ROOT
 
 # Keys that may change between an interrupted attempt and its resume without changing the result.
@@ -132,8 +133,6 @@ def launch(overrides: list[str]) -> int:
 
     cmd, env = command(cfg, config_path, acc, nproc)
     print(f"launching {name} on {nproc} x {acc} with {cfg.launcher.kind}: {' '.join(cmd[2:])}", flush=True)
-    from pipeline.dist import die_with_parent
-
     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
 
     def forward(signum, _frame):  # Ctrl-C / kill reach the whole job, not just the launcher

@@ -17,7 +17,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from pipeline.data import DataError
+from pipeline.data import DataError, iter_jsonl
 from pipeline.paths import absolute
 
 
@@ -48,23 +48,16 @@ def file_prompts(path: str, question_field: str, answer_field: str, limit: int |
     if not p.exists():
         raise DataError(f"config key 'data.path': file not found: {p}")
     out = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
-            if question_field not in row or answer_field not in row:
-                raise DataError(f"{p}:{lineno}: needs '{question_field}' and '{answer_field}' fields "
-                                "(set data.question_field / data.answer_field)")
-            answer = str(row[answer_field])
-            answer = gsm8k_answer(answer) if "####" in answer else answer.strip()
-            out.append({"id": f"{p.name}:{lineno}", "question": str(row[question_field]), "answer": answer,
-                        "task": "math", "entry": None})
-            if limit is not None and len(out) >= limit:
-                break
+    for lineno, row in iter_jsonl(p):
+        if question_field not in row or answer_field not in row:
+            raise DataError(f"{p}:{lineno}: needs '{question_field}' and '{answer_field}' fields "
+                            "(set data.question_field / data.answer_field)")
+        answer = str(row[answer_field])
+        answer = gsm8k_answer(answer) if "####" in answer else answer.strip()
+        out.append({"id": f"{p.name}:{lineno}", "question": str(row[question_field]), "answer": answer,
+                    "task": "math", "entry": None})
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise DataError(f"{p}: no prompts")
     return out

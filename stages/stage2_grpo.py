@@ -35,6 +35,7 @@ from pipeline.rewards import RewardContext
 from pipeline.rl import batch_metrics, collect, evaluate, policy_weights, update
 from pipeline.rollout import VLLMRollout
 from pipeline.sft import load_model
+from pipeline.verify import Verifier
 
 
 def save_reference(ref_model, folder: Path) -> None:
@@ -101,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                           cpu_kv_cache_gb=s.rollout.cpu_kv_cache_gb, enable_sleep=s.rollout.sleep_during_training)
     if step > 0:
         rollout.push_weights(policy_weights(engine, cfg.deepspeed.zero_stage))
-    ctx = RewardContext(language=s.language)
-    ctx.verifier.workers = s.verifier_workers
+    ctx = RewardContext(verifier=Verifier(workers=s.verifier_workers), language=s.language)
     if dist.is_main:
         run_lib.update_manifest(folder, stage=s.name, kind="grpo", status="running",
                                 inputs={"init": init, "prompts": {"source": cfg.data.source, "train": len(records),
