@@ -131,6 +131,63 @@ class GRPOStageConfig:
 
 
 @dataclass
+class ReadabilityConfig:
+    """R1 §2.3.3: chains of thought that mix languages, run on in long paragraphs, or carry code blocks
+    are filtered out of the rejection-sampled data."""
+
+    language_min_share: float = 0.95  # drop a CoT whose share of target-language words is lower
+    max_paragraph_words: int = 200  # drop a CoT with a longer paragraph (blank-line separated)
+    code_tasks: list[str] = field(default_factory=list)  # tasks where code blocks belong; elsewhere ``` drops it
+    dedup: bool = True  # drop repeated responses to the same prompt (whitespace/case-insensitive)
+    max_per_prompt: int = 2  # cap on kept samples per prompt (after every other filter)
+
+
+@dataclass
+class GeneralDataConfig:
+    """Non-reasoning SFT data mixed into stage-3 (R1: ~200k general with ~600k reasoning samples)."""
+
+    source: str = "file"  # file (JSONL/parquet, chat or prompt/response rows) | hub (a `datasets` id) | none
+    path: Optional[str] = "pipeline/assets/general_chat.jsonl"  # the small set this project wrote (MIT)
+    hub_id: Optional[str] = None
+    split: str = "train"
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    ratio: float = 0.33  # general rows per kept reasoning row (R1: 200k/600k); capped by what the set holds
+    empty_think: bool = True  # answer as "<think>\n\n</think>\n\n…": R1 gave simple queries no CoT
+    system_prompt: str = ""  # added to rows that have none ("" = the chat template's default)
+
+
+@dataclass
+class JudgeConfig:
+    """A generative judge for prompts no rule can verify (R1 used DeepSeek-V3 with the reference)."""
+
+    model: Optional[str] = None  # HF folder of an instruct model; None = unverifiable prompts are dropped
+    max_new_tokens: int = 8
+    max_model_len: int = 2048
+
+
+@dataclass
+class RSStageConfig(SFTStageConfig):
+    """Stage 3: rejection sampling from `init_from`, then SFT (the stage-1 trainer) from `sft_init_from`."""
+
+    kind: str = "rs_sft"
+    module: str = "stages.stage3_rs"
+    name: str = "stage3"
+    init_from: str = "stage2"  # the model that generates the samples
+    sft_init_from: str = "stage2"  # where SFT starts: "base" as in R1, a stage name, or an HF folder
+    samples_per_prompt: int = 4  # k samples per prompt; only verified-correct, readable ones are kept
+    max_prompts: Optional[int] = None  # cap on prompts read from data (None: the whole set)
+    shard_size: int = 64  # prompts per output shard; a finished shard is never regenerated on resume
+    language: str = "en"  # target language of the chain of thought
+    verifier_workers: int = 2
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.7, top_p=0.95))
+    readability: ReadabilityConfig = field(default_factory=ReadabilityConfig)
+    general: GeneralDataConfig = field(default_factory=GeneralDataConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
 class DeepSpeedConfig:
     zero_stage: int = 0  # 0-3
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs only)
@@ -169,7 +226,7 @@ class Config:
     experiment: str = "cpu"  # label of the experiment preset that was applied
 
 
-STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig, "grpo": GRPOStageConfig}
+STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig, "grpo": GRPOStageConfig, "rs_sft": RSStageConfig}
 
 _CHOICES = {
     "model.dtype": {"auto", "fp32", "bf16"},
@@ -180,6 +237,7 @@ _CHOICES = {
 }
 _STAGE_CHOICES = {
     "grpo": {"stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"}, "stage.rollout.engine": {"vllm"}},
+    "rs_sft": {"stage.general.source": {"file", "hub", "none"}, "stage.rollout.engine": {"vllm"}},
 }
 
 
@@ -234,6 +292,12 @@ def validate(raw: DictConfig) -> DictConfig:
         unknown = sorted(set(cfg.stage.rewards) - set(REWARDS))
         if unknown:
             raise ConfigError(f"config key 'stage.rewards': unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+    if "language" in cfg.stage:
+        from pipeline.rewards import LANGUAGE_SCRIPTS
+
+        if cfg.stage.language not in LANGUAGE_SCRIPTS:
+            raise ConfigError(f"config key 'stage.language': {cfg.stage.language!r} is not supported; "
+                              f"known: {sorted(LANGUAGE_SCRIPTS)}")
     for key, allowed in _STAGE_CHOICES.get(kind, {}).items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

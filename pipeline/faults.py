@@ -1,7 +1,8 @@
 """Fault injection for resume tests: `R1_FAULT=<point>:<step>` SIGKILLs the process there.
 
-Points: `after_step` (right after optimizer step <step> is logged) and `during_save` (after
-DeepSpeed wrote checkpoint <step> but before it is marked complete). SIGKILL, not an exception:
+Points: `after_step` (right after optimizer step <step> is logged), `during_save` (after
+DeepSpeed wrote checkpoint <step> but before it is marked complete) and `after_shard` (stage-3,
+right after its <step>-th generation shard is written). SIGKILL, not an exception:
 nothing gets to clean up, exactly like an OOM kill or a pulled plug.
 """
 

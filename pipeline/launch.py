@@ -113,7 +113,9 @@ def launch(overrides: list[str]) -> int:
         os.replace(folder, aside)
         print(f"force=true: moved the finished {name} to {aside}")
     try:
-        run_lib.resolve_init(cfg)
+        for key in ("init_from", "sft_init_from"):  # stage-3 samples with one model and fine-tunes another
+            if key in cfg.stage:
+                run_lib.resolve_init(cfg, key)
         acc, nproc = _accelerator(cfg)
     except (run_lib.InputError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

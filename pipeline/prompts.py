@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from omegaconf import DictConfig
 
@@ -21,21 +21,30 @@ from pipeline.data import DataError, iter_jsonl
 from pipeline.paths import absolute
 
 
-def reasoning_gym_prompts(tasks: list[str], seed: int, size: int, task_kwargs: dict | None = None) -> list[dict]:
+def iter_reasoning_gym(tasks: list[str], seed: int, size: int, task_kwargs: dict | None = None) -> Iterator[dict]:
+    """Items of several tasks, interleaved, generated lazily (reasoning-gym builds item i on access)."""
     import reasoning_gym
 
     if not tasks:
         raise DataError("config key 'data.tasks': empty task list")
     per_task = [size // len(tasks) + (i < size % len(tasks)) for i in range(len(tasks))]
-    columns = []
+    datasets = []
     for task, n in zip(tasks, per_task):
         try:
-            ds = reasoning_gym.create_dataset(task, seed=seed, size=max(n, 1), **dict((task_kwargs or {}).get(task, {})))
+            datasets.append(reasoning_gym.create_dataset(task, seed=seed, size=max(n, 1),
+                                                         **dict((task_kwargs or {}).get(task, {}))))
         except Exception as e:
             raise DataError(f"config key 'data.tasks': reasoning-gym cannot build {task!r}: {e}") from None
-        columns.append([{"id": f"{task}/{seed}/{i}", "question": ds[i]["question"], "answer": str(ds[i]["answer"]),
-                         "task": task, "entry": _jsonable(ds[i])} for i in range(n)])
-    return [col[i] for i in range(max(per_task)) for col in columns if i < len(col)]  # interleaved
+    for i in range(max(per_task, default=0)):
+        for task, n, ds in zip(tasks, per_task, datasets):
+            if i < n:
+                item = ds[i]
+                yield {"id": f"{task}/{seed}/{i}", "question": item["question"], "answer": str(item["answer"]),
+                       "task": task, "entry": _jsonable(item)}
+
+
+def reasoning_gym_prompts(tasks: list[str], seed: int, size: int, task_kwargs: dict | None = None) -> list[dict]:
+    return list(iter_reasoning_gym(tasks, seed, size, task_kwargs))
 
 
 def gsm8k_answer(text: str) -> str:
@@ -43,49 +52,76 @@ def gsm8k_answer(text: str) -> str:
     return text.split("####")[-1].strip().replace(",", "")
 
 
-def file_prompts(path: str, question_field: str, answer_field: str, limit: int | None = None) -> list[dict]:
+def iter_file(path: str, question_field: str, answer_field: str, limit: int | None = None) -> Iterator[dict]:
+    """Prompts from JSONL, streamed line by line (the file may be far larger than memory)."""
     p = absolute(path)
     if not p.exists():
         raise DataError(f"config key 'data.path': file not found: {p}")
-    out = []
+    n = 0
     for lineno, row in iter_jsonl(p):
+        if limit is not None and n >= limit:
+            return
         if question_field not in row or answer_field not in row:
             raise DataError(f"{p}:{lineno}: needs '{question_field}' and '{answer_field}' fields "
                             "(set data.question_field / data.answer_field)")
         answer = str(row[answer_field])
         answer = gsm8k_answer(answer) if "####" in answer else answer.strip()
-        out.append({"id": f"{p.name}:{lineno}", "question": str(row[question_field]), "answer": answer,
-                    "task": "math", "entry": None})
-        if limit is not None and len(out) >= limit:
-            break
+        n += 1
+        yield {"id": f"{p.name}:{lineno}", "question": str(row[question_field]), "answer": answer,
+               "task": "math", "entry": None}
+
+
+def file_prompts(path: str, question_field: str, answer_field: str, limit: int | None = None) -> list[dict]:
+    out = list(iter_file(path, question_field, answer_field, limit))
     if not out:
-        raise DataError(f"{p}: no prompts")
+        raise DataError(f"{absolute(path)}: no prompts")
     return out
 
 
 def load_prompts(cfg: DictConfig, split: str) -> list[dict]:
     """split: 'train' or 'eval' (held-out)."""
+    out = list(iter_prompts(cfg, split))
+    if not out:
+        raise DataError(f"no {split} prompts from data.source={cfg.source!r}")
+    return out
+
+
+def iter_prompts(cfg: DictConfig, split: str) -> Iterator[dict]:
+    """Stream a prompt set (train or held-out eval) without holding it in memory."""
     if cfg.source not in PROMPT_SOURCES:
         raise DataError(f"config key 'data.source': unknown prompt source {cfg.source!r}; known: {sorted(PROMPT_SOURCES)}")
     return PROMPT_SOURCES[cfg.source](cfg, split)
 
 
-def _rg(cfg: DictConfig, split: str) -> list[dict]:
+def count_prompts(cfg: DictConfig, split: str = "train") -> int:
+    """How many prompts `iter_prompts` will yield (for progress bars and ETAs), cheaply."""
+    if cfg.source == "reasoning_gym":
+        return cfg.num_examples if split == "train" else cfg.eval_examples
+    if cfg.source == "file":
+        path = absolute(cfg.path if split == "train" else cfg.eval_path)
+        limit = cfg.max_examples if split == "train" else cfg.eval_examples
+        with open(path, "rb") as f:
+            n = sum(1 for line in f if line.strip())
+        return min(n, limit) if limit is not None else n
+    return sum(1 for _ in iter_prompts(cfg, split))
+
+
+def _rg(cfg: DictConfig, split: str) -> Iterator[dict]:
     kwargs = {k: dict(v) for k, v in (cfg.task_kwargs or {}).items()}
     if split == "train":
-        return reasoning_gym_prompts(list(cfg.tasks), cfg.seed, cfg.num_examples, kwargs)
-    return reasoning_gym_prompts(list(cfg.tasks), cfg.eval_seed, cfg.eval_examples, kwargs)
+        return iter_reasoning_gym(list(cfg.tasks), cfg.seed, cfg.num_examples, kwargs)
+    return iter_reasoning_gym(list(cfg.tasks), cfg.eval_seed, cfg.eval_examples, kwargs)
 
 
-def _file(cfg: DictConfig, split: str) -> list[dict]:
+def _file(cfg: DictConfig, split: str) -> Iterator[dict]:
     if split == "train":
-        return file_prompts(cfg.path, cfg.question_field, cfg.answer_field, cfg.max_examples)
+        return iter_file(cfg.path, cfg.question_field, cfg.answer_field, cfg.max_examples)
     if not cfg.eval_path:
         raise DataError("config key 'data.eval_path': a held-out JSONL is needed with data.source=file")
-    return file_prompts(cfg.eval_path, cfg.question_field, cfg.answer_field, cfg.eval_examples)
+    return iter_file(cfg.eval_path, cfg.question_field, cfg.answer_field, cfg.eval_examples)
 
 
-PROMPT_SOURCES: dict[str, Callable[[DictConfig, str], list[dict]]] = {"reasoning_gym": _rg, "file": _file}
+PROMPT_SOURCES: dict[str, Callable[[DictConfig, str], Iterator[dict]]] = {"reasoning_gym": _rg, "file": _file}
 
 
 def chat(record: dict, system_prompt: str) -> list[dict]:

@@ -79,6 +79,21 @@ class VLLMRollout:
         self.llm.collective_rpc("load_hf_weights", args=(tensors,))
         self.llm.reset_prefix_cache()
 
+    def close(self) -> None:
+        """Shut the engine down and free its memory (before a trainer needs the device)."""
+        import gc
+
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm, core
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
     def sleep(self) -> None:
         """Free GPU memory for training (weights are re-pushed after the update anyway)."""
         if self.enable_sleep and not self.sleeping:

@@ -67,9 +67,10 @@ def is_complete(folder: Path) -> bool:
     return bool(m) and m.get("status") == "complete"
 
 
-def resolve_init(cfg: DictConfig) -> dict:
-    """Where this stage's weights start: {'kind': base|stage|path, 'path': <HF folder>, ...}."""
-    src = cfg.stage.init_from
+def resolve_init(cfg: DictConfig, key: str = "init_from") -> dict:
+    """Where this stage's weights start: {'kind': base|stage|path, 'path': <HF folder>, ...}.
+    `key` names the stage config field holding the source (stage-3 has two: sampler and SFT start)."""
+    src = cfg.stage[key]
     if src == "base":
         path = absolute(cfg.model.path)
         if not (path / "config.json").exists():
@@ -92,5 +93,5 @@ def resolve_init(cfg: DictConfig) -> dict:
         return {"kind": "stage", "stage": src, "path": str(export), "manifest": str(parent / MANIFEST)}
     path = absolute(src)
     if not (path / "config.json").exists():
-        raise InputError(f"config key 'stage.init_from': {path} is not an HF model folder (no config.json)")
+        raise InputError(f"config key 'stage.{key}': {path} is not an HF model folder (no config.json)")
     return {"kind": "path", "path": str(path)}

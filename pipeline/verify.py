@@ -31,6 +31,13 @@ def _math_equal(gold: str, pred: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_TIMEOUT_S))
 
 
+def _gold_parses(gold: str) -> bool:
+    """Whether math-verify can read the gold answer at all (if not, no rule can verify answers to it)."""
+    from math_verify import parse
+
+    return bool(parse(f"${gold}$", parsing_timeout=_TIMEOUT_S) or parse(gold, parsing_timeout=_TIMEOUT_S))
+
+
 def _rg_equal(task: str, entry: dict, pred: str) -> bool:
     """reasoning-gym's own scorer, binarised: partial credit is not correctness."""
     import reasoning_gym
@@ -41,6 +48,8 @@ def _rg_equal(task: str, entry: dict, pred: str) -> bool:
 def _check(job: tuple) -> bool:
     kind, args = job
     try:
+        if kind == "gold":
+            return _gold_parses(*args)
         return _math_equal(*args) if kind == "math" else _rg_equal(*args)
     except Exception:  # a crash on adversarial input is a wrong answer, not a crashed run
         return False
@@ -61,7 +70,8 @@ class Verifier:
         return self._pool
 
     def check(self, jobs: list[tuple]) -> list[bool]:
-        """jobs: ("math", (gold, pred)) or ("rg", (task, entry, pred)); pred None or too long -> False."""
+        """jobs: ("math", (gold, pred)), ("rg", (task, entry, pred)) or ("gold", (gold,)) (is the gold answer
+        parsable?); a last argument that is None or too long gives False."""
         results: list[Optional[bool]] = [None] * len(jobs)
         pending = []
         for i, (kind, args) in enumerate(jobs):

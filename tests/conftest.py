@@ -54,10 +54,12 @@ def clean_env(monkeypatch):
     return os.environ
 
 
-def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0) -> Path:
-    """Teach a tiny random model the R1 *format* (not arithmetic) with plain SFT, so an RL test starts
-    from a policy that answers in the expected place but with random numbers: the accuracy reward then
-    has something to learn (a random-token policy never earns any reward at all)."""
+def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0, p_correct: float = 0.0,
+               lr: float = 3e-3) -> Path:
+    """Teach a tiny random model the R1 format with plain SFT, so an RL test starts from a policy that
+    answers in the expected place (a random-token policy never earns any reward at all). A fraction
+    `p_correct` of the SFT answers is the true sum, the rest random: the policy then puts some mass on
+    the right answer and RL has something to sharpen."""
     import random
 
     import torch
@@ -73,14 +75,15 @@ def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0)
     examples = []
     for r in load_prompts(cfg.data, "train"):
         expr = r["entry"]["metadata"]["expression"]
-        reply = f"<think>\n{expr}\n</think>\n\n\\boxed{{{rng.randint(0, 18)}}}"
+        answer = r["answer"] if rng.random() < p_correct else rng.randint(0, 18)
+        reply = f"<think>\n{expr}\n</think>\n\n\\boxed{{{answer}}}"
         messages = [{"role": "system", "content": cfg.data.system_prompt}, {"role": "user", "content": r["question"]},
                     {"role": "assistant", "content": reply}]
         examples.append(tokenize_chat(tokenizer, messages))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for step in range(steps):
         batch = collate([examples[(8 * step + j) % len(examples)] for j in range(8)])
         out_ = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)

@@ -20,16 +20,21 @@ REPO = Path(__file__).resolve().parents[2]
 TIMING = {"time_generate", "time_score", "time_train", "time_sync", "step_seconds", "rollout_tok_per_s"}
 
 
-def run_stage2(runs: Path, name: str, init: Path, *extra: str, fault: str | None = None):
+SMALL = {"stage.steps": 4, "stage.prompts_per_step": 2, "stage.group_size": 4, "stage.num_minibatches": 2,
+         "stage.rollout.max_new_tokens": 32, "stage.eval_every": 2, "stage.save_every": 2, "stage.lr": 1e-4,
+         "data.num_examples": 16, "data.eval_examples": 4,
+         "stage.rewards": "{accuracy: 1.0, format: 1.0, language: 0.1}"}
+
+
+def run_stage2(runs: Path, name: str, init: Path, fault: str | None = None, **overrides):
+    """overrides: config keys with dots written as `__` (stage__steps=8)."""
     env = {k: v for k, v in os.environ.items() if k != "R1_FAULT"}
     if fault:
         env["R1_FAULT"] = fault
+    args = {**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}}
     cmd = [sys.executable, "-m", "pipeline.launch", "stage=stage2", f"run_name={name}", f"runs_dir={runs}",
-           f"stage.init_from={init}", "stage.steps=4", "stage.prompts_per_step=2", "stage.group_size=4",
-           "stage.num_minibatches=2", "stage.rollout.max_new_tokens=32", "stage.eval_every=2",
-           "stage.save_every=2", "stage.lr=1e-4", "data.num_examples=16", "data.eval_examples=4",
-           "stage.rewards={accuracy: 1.0, format: 1.0, language: 0.1}", *TINY_TASK,
-           "logger=none", "logger.progress=false", *extra]
+           f"stage.init_from={init}", *(f"{k}={v}" for k, v in args.items()), *TINY_TASK,
+           "logger=none", "logger.progress=false"]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
