@@ -163,6 +163,9 @@ class UpdateStats:
     kl: float = 0.0
     clip_frac: float = 0.0
     entropy: float = 0.0
+    # mean |log pi_rollout - log pi_trainer| over response tokens, before any update of this step:
+    # ~1e-5 when vLLM samples from the policy being trained; it grows if weight sync ever breaks
+    rollout_logprob_gap: float = 0.0
     updates: int = 0
 
 
@@ -184,9 +187,16 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
             if len(chunks) > 1 else None
         ref = packed_logprobs(ref_model, samples, temp, device, s.max_tokens_per_forward)[0] \
             if ref_model is not None else None
+    gap_sum, gap_n = 0.0, 0
     for chunk in chunks:
         mb = [samples[i] for i in chunk]
         logp_list, ent_list = packed_logprobs(engine, mb, temp, device, s.max_tokens_per_forward, with_entropy=True)
+        # the pre-update policy: `old`, or (one minibatch, old is None) this forward
+        pre = [old[j] for j in chunk] if old is not None else [lp.detach() for lp in logp_list]
+        for x, lp in zip(mb, pre):
+            if x.completion.logprobs:
+                gap_sum += (torch.tensor(x.completion.logprobs, dtype=lp.dtype, device=lp.device) - lp).abs().sum().item()
+                gap_n += len(x.completion.logprobs)
         logp = pad(logp_list)
         old_logp = pad([old[i] for i in chunk]) if old is not None else logp.detach()
         ref_logp = pad([ref[i] for i in chunk]) if ref is not None else None
@@ -205,6 +215,7 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
         stats.clip_frac += out.clip_frac.item()
         stats.entropy += ((ent * full).sum() / full.sum().clamp(min=1)).item()
         stats.updates += 1
+    stats.rollout_logprob_gap = gap_sum / max(1, gap_n)
     n = max(1, stats.updates)
     stats.loss, stats.kl, stats.clip_frac, stats.entropy = (stats.loss / n, stats.kl / n, stats.clip_frac / n,
                                                             stats.entropy / n)
@@ -238,6 +249,7 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "groups": batch.groups,
         "dropped_groups": batch.dropped_groups,
         "loss": stats.loss, "kl": stats.kl, "clip_frac": stats.clip_frac, "entropy": stats.entropy,
+        "rollout_logprob_gap": stats.rollout_logprob_gap,
     }
     for name in (xs[0].parts if xs else {}):
         m[f"reward/{name}"] = sum(x.parts[name] for x in xs) / n

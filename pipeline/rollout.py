@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Iterable
@@ -31,7 +32,14 @@ class Completion:
 
 
 def request_seed(base: int, step: int, index: int) -> int:
-    return (base * 1_000_003 + step * 10_007 + index) % (2**31 - 1)
+    """The sampling seed of one request, a hash of (run seed, step, prompt draw index).
+
+    vLLM gives sample i of an n-sample request the seed `seed + i`, so the seeds of different
+    requests must be far apart: consecutive seeds would make prompt k's sample i+1 reuse prompt
+    k+1's sample i random stream, correlating the groups of a batch.
+    """
+    digest = hashlib.blake2b(f"{base}:{step}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**31 - 1 - 65536)  # headroom for seed + n
 
 
 class VLLMRollout:

@@ -11,6 +11,7 @@ stall a worker.
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from multiprocessing.pool import Pool
 from typing import Optional
 
@@ -29,6 +30,20 @@ def _math_equal(gold: str, pred: str) -> bool:
     if not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_TIMEOUT_S))
+
+
+_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+_MATH_WORDS = {"sqrt", "frac", "dfrac", "pi", "inf", "infty", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln",
+               "exp", "min", "max", "mod", "gcd", "lcm", "deg", "text", "mbox", "boxed", "cdot", "times", "and"}
+
+
+def is_free_text(gold: str) -> bool:
+    """A gold answer in words ("the Pacific"), which no rule can check: math-verify would read it as a
+    product of symbols. Units or `\\text{}` around a number do not count as words."""
+    words = [w.lower() for w in _WORD.findall(_LATEX_CMD.sub(" ", gold))]
+    digits = any(ch.isdigit() for ch in gold)
+    return any(w not in _MATH_WORDS for w in words) and not (digits and len(words) <= 1)
 
 
 def _gold_parses(gold: str) -> bool:

@@ -4,7 +4,7 @@ Phase 1, generation (streamed, sharded, resumable). Prompts are read lazily from
 reasoning-gym mixture or a JSONL of any size) in shards of `shard_size` prompts. For each shard,
 vLLM samples `samples_per_prompt` responses per prompt from `init_from` (the stage-2 export); the
 stage-2 reward registry verifies them (no second copy of answer checking); a generative judge,
-when configured, decides answers whose gold no rule can parse; and `pipeline.rejection` applies
+when configured, decides answers whose gold is free text (no rule can check it); and `pipeline.rejection` applies
 R1's readability filters, deduplication and the per-prompt cap. Each shard is written atomically
 (`data/shards/shard_NNNNN.jsonl`, then its `.stats.json`, which marks it complete), so a killed
 run regenerates only the unfinished shard. With several processes, rank r takes shards r, r+W, ….
@@ -49,7 +49,7 @@ from pipeline.rejection import ShardStats, select, summarise
 from pipeline.rewards import RewardContext, score
 from pipeline.rollout import request_seed
 from pipeline.sft import train_sft
-from pipeline.verify import Verifier
+from pipeline.verify import Verifier, is_free_text
 
 DATASET_DIR = "dataset"
 
@@ -74,10 +74,10 @@ def verdicts(records: list[dict], groups, ctx: RewardContext, judge: Judge | Non
     recs = [r for r, g in zip(records, groups) for _ in g]
     _, parts = score(texts, recs, {"accuracy": 1.0, "format": 1.0}, ctx)
     correct: list = [bool(x) for x in parts["accuracy"]]
-    # a math gold answer that math-verify cannot parse can only be judged by a model
+    # a gold answer in words, or one math-verify cannot parse, can only be judged by a model
     math_idx = [i for i, r in enumerate(records) if r.get("task", "math") == "math" or r.get("entry") is None]
     parses = ctx.verifier.check([("gold", (str(records[i]["answer"]),)) for i in math_idx])
-    unverifiable = {i for i, ok in zip(math_idx, parses) if not ok}
+    unverifiable = {i for i, ok in zip(math_idx, parses) if not ok or is_free_text(str(records[i]["answer"]))}
     flat_owner = [i for i, g in enumerate(groups) for _ in g]
     to_judge = [j for j, i in enumerate(flat_owner) if i in unverifiable]
     if to_judge and judge is not None:

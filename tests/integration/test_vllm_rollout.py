@@ -76,3 +76,28 @@ def test_weight_sync_changes_output_and_restoring_brings_it_back(engine, hf_mode
     assert changed != before
     engine.push_weights(original)
     assert greedy() == before
+
+
+def test_after_a_sync_vllm_samples_from_exactly_the_pushed_weights(engine, hf_model, prompts, tokenizer):
+    """Every weight, the tied embedding/lm_head included, must reach the engine: a regression test for
+    vLLM CPU's prepacked lm_head copy, which `reload_weights` left stale (gap ~3e-3/token)."""
+    original = [(n, p.detach().clone()) for n, p in hf_model.named_parameters()]
+    torch.manual_seed(1)
+    try:
+        with torch.no_grad():
+            for _, p in hf_model.named_parameters():  # embed_tokens (= lm_head) included
+                p.add_(0.02 * p.abs().mean() * torch.randn_like(p))
+        engine.push_weights([(n, p.detach()) for n, p in hf_model.named_parameters()])
+        outs = engine.generate(prompts, 2, temperature=1.0, top_p=1.0, max_tokens=24, seeds=[4, 5, 6],
+                               stop_token_ids=[tokenizer.eos_token_id])
+        samples = [Sample(prompt_ids=p, completion=c, reward=0.0) for p, g in zip(prompts, outs) for c in g]
+        with torch.no_grad():
+            trainer, _ = packed_logprobs(hf_model, samples, 1.0, torch.device("cpu"), 4096)
+        diffs = torch.cat([(t - torch.tensor(x.completion.logprobs)).abs() for t, x in zip(trainer, samples)])
+        print(f"after sync: max |logprob diff| = {diffs.max():.2e}, mean = {diffs.mean():.2e}")
+        assert diffs.max().item() < LOGPROB_TOL and diffs.mean().item() < 1e-4
+    finally:
+        with torch.no_grad():
+            for (_, p), (_, o) in zip(hf_model.named_parameters(), original):
+                p.copy_(o)
+        engine.push_weights(original)

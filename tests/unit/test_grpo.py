@@ -91,3 +91,14 @@ def test_logprob_and_entropy_helpers():
     assert gather_logprobs(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(
         math.log(math.sqrt(3) / (1 + math.sqrt(3))))
     assert token_entropy(torch.zeros(1, 1, 4)).item() == pytest.approx(math.log(4))
+
+
+def test_request_seeds_are_deterministic_and_their_sample_ranges_never_overlap():
+    from pipeline.rollout import request_seed
+
+    assert request_seed(42, 3, 7) == request_seed(42, 3, 7)
+    n = 16  # vLLM seeds sample i of a request with seed + i
+    seeds = [request_seed(42, step, i) for step in range(20) for i in range(256)]
+    ranges = sorted((s, s + n) for s in seeds)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ranges, ranges[1:]))
+    assert all(0 <= s < 2**31 - 1 - n for s in seeds)

@@ -120,3 +120,12 @@ def test_dataset_mixes_general_data_and_loads_with_datasets(tmp_path):
     general = [r for r in ds if r["origin"] == "general"]
     assert len(general) == 3
     assert all(r["messages"][-1]["content"].startswith("<think>\n\n</think>\n\n") for r in general)
+
+
+def test_free_text_gold_answers_are_recognised():
+    from pipeline.verify import is_free_text
+
+    for gold in ("the Pacific", "Paris", "the blue one"):
+        assert is_free_text(gold), gold  # math-verify would parse these as products of symbols
+    for gold in ("4", "\\frac{1}{2}", "x=3", "12 dollars", "\\text{(A)}", "3\\sqrt{2}", "(1, 2)", "-7"):
+        assert not is_free_text(gold), gold
