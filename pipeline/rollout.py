@@ -57,6 +57,12 @@ class VLLMRollout:
                       worker_extension_cls="pipeline.vllm_ext.WeightSync", enable_prefix_caching=True)
         if self.cuda:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep)
+        else:
+            # A prompt whose prefill is split across scheduler steps has its sampled token discarded,
+            # and vLLM then rewinds the request's seeded generator with `set_offset`, which CPU
+            # generators do not have ("CPU Generator does not use offset": every seeded batch with
+            # more prompt tokens than one step's budget crashed). Whole-prompt prefills avoid it.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len))
         self.llm = LLM(**kwargs)
         self.enable_sleep = enable_sleep and self.cuda
         self.sleeping = False

@@ -31,13 +31,14 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--dtype", default="float32", help="float32 (what the RL stages use on CPU) or bfloat16")
     args = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(args.model)
     cfg = compose(["stage=stage2", f"data.eval_examples={max(args.batches) // args.group}"])
     prompts = encode_prompts(tok, load_prompts(cfg.data, "eval"), cfg.data.system_prompt)
-    engine = VLLMRollout(args.model, max_model_len=1024, seed=0, dtype="float32")
+    engine = VLLMRollout(args.model, max_model_len=1024, seed=0, dtype=args.dtype)
     engine.generate(prompts[:2], 2, temperature=1.0, top_p=1.0, max_tokens=16, seeds=[0, 1])  # warm-up
-    print(f"model {args.model}, max_tokens {args.max_tokens}, {args.group} samples per prompt")
+    print(f"model {args.model}, {args.dtype}, max_tokens {args.max_tokens}, {args.group} samples per prompt")
     for n in args.batches:
         p = prompts[: n // args.group]
         t0 = time.perf_counter()
