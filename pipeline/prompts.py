@@ -128,5 +128,14 @@ def chat(record: dict, system_prompt: str) -> list[dict]:
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": record["question"]}]
 
 
+def encode_prompts(tokenizer, records, system_prompt) -> list[list[int]]:
+    """Chat-templated prompt token ids, ready for generation."""
+    out = []
+    for r in records:
+        ids = tokenizer.apply_chat_template(chat(r, system_prompt), tokenize=True, add_generation_prompt=True)
+        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return out
+
+
 def _jsonable(entry: dict) -> dict:
     return json.loads(json.dumps(entry, default=str))

@@ -24,7 +24,7 @@ def main() -> int:
     from pipeline.paths import base_model_dir
     from pipeline.prompts import load_prompts
     from pipeline.rollout import VLLMRollout
-    from stages.stage2_grpo import encode_prompts
+    from pipeline.prompts import encode_prompts
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model", nargs="?", default=str(base_model_dir()))

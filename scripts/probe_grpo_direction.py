@@ -16,7 +16,7 @@ from pipeline.rollout import VLLMRollout
 from pipeline.rewards import score, RewardContext
 from pipeline.rl import Sample, packed_logprobs, pad
 from pipeline import grpo
-from stages.stage2_grpo import encode_prompts
+from pipeline.prompts import encode_prompts
 if __name__ == "__main__":
     tok = AutoTokenizer.from_pretrained(sys.argv[1])
     c = compose(["stage=stage2", "data.num_examples=64"] + TINY_TASK)

@@ -30,7 +30,7 @@ from pipeline import run as run_lib
 from pipeline.faults import maybe_fault
 from pipeline.maths import warmup_cosine
 from pipeline.metrics import MetricsLogger, read_metrics
-from pipeline.prompts import chat, load_prompts
+from pipeline.prompts import encode_prompts, load_prompts
 from pipeline.rewards import RewardContext
 from pipeline.rl import batch_metrics, collect, evaluate, policy_weights, update
 from pipeline.rollout import VLLMRollout
@@ -43,14 +43,6 @@ def save_reference(ref_model, folder: Path) -> None:
     if ref_model is not None:
         save_file({k: v.contiguous() for k, v in ref_model.state_dict().items() if k != "lm_head.weight"},
                   folder / "ref.safetensors")
-
-
-def encode_prompts(tokenizer, records, system_prompt) -> list[list[int]]:
-    out = []
-    for r in records:
-        ids = tokenizer.apply_chat_template(chat(r, system_prompt), tokenize=True, add_generation_prompt=True)
-        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

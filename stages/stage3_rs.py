@@ -44,7 +44,7 @@ from pipeline import run as run_lib
 from pipeline.faults import maybe_fault
 from pipeline.judge import Judge
 from pipeline.paths import absolute
-from pipeline.prompts import chat, count_prompts, iter_prompts
+from pipeline.prompts import count_prompts, encode_prompts, iter_prompts
 from pipeline.rejection import ShardStats, select, summarise
 from pipeline.rewards import RewardContext, score
 from pipeline.rollout import request_seed
@@ -134,9 +134,7 @@ def generate_shards(cfg, dist, model_path: str, folder: Path) -> None:
             continue
         t0 = time.perf_counter()
         start = i * s.shard_size
-        ids = [tokenizer.apply_chat_template(chat(r, cfg.data.system_prompt), tokenize=True, add_generation_prompt=True)
-               for r in shard]
-        ids = [list(x["input_ids"] if hasattr(x, "keys") else x) for x in ids]
+        ids = encode_prompts(tokenizer, shard, cfg.data.system_prompt)
         fits = [j for j, x in enumerate(ids) if len(x) <= max_prompt]
         records = [shard[j] for j in fits]
         groups = engine.generate([ids[j] for j in fits], s.samples_per_prompt, temperature=s.rollout.temperature,
