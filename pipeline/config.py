@@ -123,7 +123,10 @@ class GRPOStageConfig:
     language: str = "en"  # target language of the chain of thought
     verifier_workers: int = 2
     max_tokens_per_forward: int = 1024  # trainer packs sequences into rows of at most this many tokens
-    eval_every: int = 5  # greedy held-out accuracy every N steps (and before the first step)
+    eval_every: int = 5  # held-out evaluation every N steps (and before the first step)
+    eval_samples: int = 4  # pass@1 is averaged over this many samples per held-out prompt (0 = greedy only)
+    eval_temperature: float = 0.6  # R1's evaluation sampling: T 0.6, top-p 0.95
+    eval_top_p: float = 0.95
     save_every: int = 2
     keep_last: int = 2
     seed: int = 42
@@ -188,6 +191,42 @@ class RSStageConfig(SFTStageConfig):
 
 
 @dataclass
+class BenchmarkConfig:
+    """One evaluation set: held-out reasoning-gym items, or a JSONL with question/answer fields."""
+
+    source: str = "file"  # reasoning_gym | file
+    path: Optional[str] = None  # file: JSONL (GSM8K "#### N" answers are cut to N; MATH/AIME: final answer)
+    question_field: str = "question"
+    answer_field: str = "answer"
+    tasks: list[str] = field(default_factory=list)  # reasoning_gym: task mixture
+    task_kwargs: dict[str, Any] = field(default_factory=dict)  # reasoning_gym: per-task difficulty
+    seed: int = 90_000_000  # reasoning_gym: item i = Random(seed + i); far from every training seed
+    limit: Optional[int] = 128  # prompts evaluated (reasoning_gym: generated; file: the first N); None = all
+
+
+@dataclass
+class EvalStageConfig:
+    """`make eval`: greedy, pass@1 over k samples and cons@k for several models on several benchmarks."""
+
+    kind: str = "eval"
+    module: str = "stages.evaluate"
+    name: str = "eval"  # results land in runs/<run>/<name>/
+    models: list[str] = field(default_factory=lambda: ["auto"])  # auto = base + every finished stage of the run;
+    # or names: base, stage1, …, or HF folder paths
+    benchmarks: list[str] = field(default_factory=lambda: ["heldout"])  # keys of `catalog`
+    catalog: dict[str, BenchmarkConfig] = field(default_factory=dict)
+    samples: int = 4  # k samples per prompt for pass@1 / pass@k / cons@k (R1: 4-64); 0 = greedy only
+    temperature: float = 0.6  # R1's evaluation sampling
+    top_p: float = 0.95
+    greedy: bool = True  # also one temperature-0 answer per prompt
+    max_new_tokens: int = 256
+    seed: int = 42
+    verifier_workers: int = 2
+    gpu_memory_utilization: float = 0.8
+    cpu_kv_cache_gb: int = 2
+
+
+@dataclass
 class DeepSpeedConfig:
     zero_stage: int = 0  # 0-3
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs only)
@@ -226,7 +265,8 @@ class Config:
     experiment: str = "cpu"  # label of the experiment preset that was applied
 
 
-STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig, "grpo": GRPOStageConfig, "rs_sft": RSStageConfig}
+STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig, "grpo": GRPOStageConfig, "rs_sft": RSStageConfig,
+                                   "eval": EvalStageConfig}
 
 _CHOICES = {
     "model.dtype": {"auto", "fp32", "bf16"},
@@ -292,6 +332,15 @@ def validate(raw: DictConfig) -> DictConfig:
         unknown = sorted(set(cfg.stage.rewards) - set(REWARDS))
         if unknown:
             raise ConfigError(f"config key 'stage.rewards': unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+    if kind == "eval":
+        missing = [b for b in cfg.stage.benchmarks if b not in cfg.stage.catalog]
+        if missing:
+            raise ConfigError(f"config key 'stage.benchmarks': {missing} not in stage.catalog; "
+                              f"known: {sorted(cfg.stage.catalog)}")
+        for name, bench in cfg.stage.catalog.items():
+            if bench.source not in ("reasoning_gym", "file"):
+                raise ConfigError(f"config key 'stage.catalog.{name}.source': {bench.source!r} is not one of "
+                                  "['file', 'reasoning_gym']")
     if "language" in cfg.stage:
         from pipeline.rewards import LANGUAGE_SCRIPTS
 

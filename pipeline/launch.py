@@ -103,7 +103,7 @@ def launch(overrides: list[str]) -> int:
         return 2
     folder = config_lib.stage_dir(cfg)
     name = f"{cfg.run_name}/{cfg.stage.name}"
-    if run_lib.is_complete(folder):
+    if run_lib.is_complete(folder) and cfg.stage.kind != "eval":  # evaluation is incremental: always runs
         if not cfg.force:
             summary = (run_lib.read_manifest(folder) or {}).get("summary", {})
             print(f"{name} is already complete ({folder}); nothing to do. "
@@ -116,6 +116,9 @@ def launch(overrides: list[str]) -> int:
         for key in ("init_from", "sft_init_from"):  # stage-3 samples with one model and fine-tunes another
             if key in cfg.stage:
                 run_lib.resolve_init(cfg, key)
+        for model in cfg.stage.get("models", []):  # evaluation: every named model must exist
+            if model != "auto":
+                run_lib.resolve_source(cfg, model, "stage.models", cfg.stage.name)
         acc, nproc = _accelerator(cfg)
     except (run_lib.InputError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline import grpo
+from pipeline.evaluate import evaluate_prompts
 from pipeline.rewards import RewardContext, score
 from pipeline.rollout import Completion, request_seed
 
@@ -256,13 +257,10 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
     return m
 
 
-def evaluate(rollout, prompt_ids: list[list[int]], records: list[dict], ctx: RewardContext, max_tokens: int,
+def evaluate(rollout, prompt_ids: list[list[int]], records: list[dict], ctx: RewardContext, cfg: DictConfig,
              stop_ids: list[int]) -> dict:
-    """Greedy held-out accuracy (and format rate) with the rollout engine's current weights."""
-    outs = rollout.generate(prompt_ids, 1, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
-                            seeds=[0] * len(prompt_ids), stop_token_ids=stop_ids)
-    texts = [g[0].text for g in outs]
-    _, parts = score(texts, records, {"accuracy": 1.0, "format": 1.0}, ctx)
-    n = max(1, len(texts))
-    return {"eval_accuracy": sum(parts["accuracy"]) / n, "eval_format": sum(parts["format"]) / n,
-            "eval_len_mean": sum(len(g[0].token_ids) for g in outs) / n}
+    """Held-out greedy accuracy and pass@1 over `eval_samples` samples, with the engine's current weights."""
+    s = cfg.stage
+    m, _ = evaluate_prompts(rollout, prompt_ids, records, ctx, samples=s.eval_samples, temperature=s.eval_temperature,
+                            top_p=s.eval_top_p, max_tokens=s.rollout.max_new_tokens, seed=s.seed, stop_ids=stop_ids)
+    return {f"eval/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and k not in ("n", "samples")}

@@ -70,7 +70,11 @@ def is_complete(folder: Path) -> bool:
 def resolve_init(cfg: DictConfig, key: str = "init_from") -> dict:
     """Where this stage's weights start: {'kind': base|stage|path, 'path': <HF folder>, ...}.
     `key` names the stage config field holding the source (stage-3 has two: sampler and SFT start)."""
-    src = cfg.stage[key]
+    return resolve_source(cfg, cfg.stage[key], f"stage.{key}", cfg.stage.name)
+
+
+def resolve_source(cfg: DictConfig, src: str, key: str, who: str) -> dict:
+    """A model named by "base", a stage name of this run (via its manifest), or an HF folder path."""
     if src == "base":
         path = absolute(cfg.model.path)
         if not (path / "config.json").exists():
@@ -82,10 +86,10 @@ def resolve_init(cfg: DictConfig, key: str = "init_from") -> dict:
         how = MAKE_TARGETS.get(src, f"stage {src}")
         manifest = read_manifest(parent)
         if manifest is None:
-            raise InputError(f"{cfg.stage.name} starts from {src} of run '{cfg.run_name}', which has not run: "
+            raise InputError(f"{who} starts from {src} of run '{cfg.run_name}', which has not run: "
                              f"run `{how}` first (no {parent / MANIFEST})")
         if manifest.get("status") != "complete":
-            raise InputError(f"{cfg.stage.name} starts from {src} of run '{cfg.run_name}', which is "
+            raise InputError(f"{who} starts from {src} of run '{cfg.run_name}', which is "
                              f"{manifest.get('status', 'unfinished')}: finish it with `{how}` first")
         export = Path(manifest["outputs"]["export"])
         if not (export / "config.json").exists():
@@ -93,5 +97,5 @@ def resolve_init(cfg: DictConfig, key: str = "init_from") -> dict:
         return {"kind": "stage", "stage": src, "path": str(export), "manifest": str(parent / MANIFEST)}
     path = absolute(src)
     if not (path / "config.json").exists():
-        raise InputError(f"config key 'stage.{key}': {path} is not an HF model folder (no config.json)")
+        raise InputError(f"config key '{key}': {path} is not an HF model folder (no config.json)")
     return {"kind": "path", "path": str(path)}

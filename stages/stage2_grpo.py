@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                 config=str(folder / "config.yaml"))
     logger = MetricsLogger(folder / "metrics.jsonl", cfg, step, enabled=dist.is_main)
     if step == 0 and dist.is_main:
-        logger.log(0, evaluate(rollout, eval_ids, eval_records, ctx, s.rollout.max_new_tokens, stop_ids))
+        logger.log(0, evaluate(rollout, eval_ids, eval_records, ctx, cfg, stop_ids))
     bar = tqdm(total=s.steps, initial=step, desc=s.name, unit="step", disable=not (dist.is_main and cfg.logger.progress))
     while step < s.steps:
         t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                  time_sync=t3 - t2, rollout_tok_per_s=gen_tokens / max(batch.gen_seconds, 1e-9),
                  step_seconds=t3 - t0, prompts_drawn=batch.prompts_drawn)
         if dist.is_main and (step % s.eval_every == 0 or step == s.steps):
-            m.update(evaluate(rollout, eval_ids, eval_records, ctx, s.rollout.max_new_tokens, stop_ids))
+            m.update(evaluate(rollout, eval_ids, eval_records, ctx, cfg, stop_ids))
         logger.log(step, m)
         bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response_len_mean']:.0f}")
         bar.update(1)
@@ -139,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx.verifier.close()
     if dist.is_main:
         recs = read_metrics(folder / "metrics.jsonl")
-        evals = [r for r in recs if "eval_accuracy" in r]
-        summary = {"steps": step, "eval_accuracy_first": evals[0]["eval_accuracy"] if evals else None,
-                   "eval_accuracy_last": evals[-1]["eval_accuracy"] if evals else None,
-                   "reward_first": next((r["reward"] for r in recs if "reward" in r), None),
-                   "reward_last": next((r["reward"] for r in reversed(recs) if "reward" in r), None)}
+        evals = [r for r in recs if "eval/greedy_accuracy" in r]
+        summary = {"steps": step}
+        for key in ("greedy_accuracy", "pass@1"):
+            if evals and f"eval/{key}" in evals[0]:
+                summary[f"eval_{key}_first"] = evals[0][f"eval/{key}"]
+                summary[f"eval_{key}_last"] = evals[-1][f"eval/{key}"]
+        summary.update({
+            "reward_first": next((r["reward"] for r in recs if "reward" in r), None),
+            "reward_last": next((r["reward"] for r in reversed(recs) if "reward" in r), None)})
         run_lib.update_manifest(folder, status="complete", summary=summary,
                                 outputs={"export": str(folder / "export"), "metrics": str(folder / "metrics.jsonl"),
                                          "checkpoints": str(ckpt_dir)})

@@ -58,7 +58,7 @@ def reference(runs, warm_tiny_model_dir):
 def test_grpo_run_logs_every_metric_and_exports(reference):
     m = metrics(reference)
     assert [r["step"] for r in m] == [0, 1, 2, 3, 4]
-    assert "eval_accuracy" in m[0] and "eval_accuracy" in m[2] and "eval_accuracy" in m[4]
+    assert all("eval/greedy_accuracy" in m[i] and "eval/pass@1" in m[i] for i in (0, 2, 4))
     for key in ("reward", "accuracy", "reward/accuracy", "reward/format", "reward/language", "response_len_mean",
                 "response_len_max", "kl", "clip_frac", "entropy", "zero_var_group_frac", "reflection_per_response",
                 "rollout_logprob_gap"):

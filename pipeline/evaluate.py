@@ -1,0 +1,86 @@
+"""Held-out evaluation as R1 reports it (§3): greedy accuracy, pass@1 averaged over k samples, cons@k.
+
+* greedy   - one temperature-0 answer per prompt.
+* pass@1   - k samples per prompt at `temperature`/`top_p` (R1: 0.6 / 0.95); the mean correctness of
+             all samples, which is far less noisy than one greedy answer per prompt.
+* pass@k   - unbiased estimator from the same k samples (`maths.pass_at_k`).
+* cons@k   - majority vote over the k samples' final answers (`maths.majority_vote`); the voted
+             answer is correct if the samples that gave it were verified correct.
+
+Answers are checked by the reward registry's accuracy function (the same verifiers as RL), so eval
+and reward can never disagree about what is correct. Used by the RL stages' periodic evaluation and
+by `make eval` (`stages/evaluate.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Optional
+
+from pipeline.maths import majority_vote, pass_at_k
+from pipeline.rewards import RewardContext, extract_answer, score
+from pipeline.rollout import request_seed
+
+
+def vote_key(completion: str) -> Optional[str]:
+    """The final answer in a canonical spelling for voting: no spaces or $, numbers as numbers."""
+    ans = extract_answer(completion)
+    if ans is None:
+        return None
+    key = re.sub(r"\s+|\$|\\!|\\,", "", ans).rstrip(".")
+    try:
+        value = float(key.replace(",", ""))
+        return repr(int(value)) if value.is_integer() else repr(value)
+    except ValueError:
+        return key or None
+
+
+def evaluate_prompts(rollout, prompt_ids: list[list[int]], records: list[dict], ctx: RewardContext, *,
+                     samples: int, temperature: float, top_p: float, max_tokens: int, seed: int,
+                     stop_ids: list[int], greedy: bool = True) -> tuple[dict, list[dict]]:
+    """Metrics over a prompt set and one row per prompt (answers, verdicts) for inspection."""
+    n = len(prompt_ids)
+    rows = [{"id": r["id"], "task": r.get("task"), "gold": r["answer"]} for r in records]
+    metrics: dict = {"n": n}
+    if greedy:
+        outs = rollout.generate(prompt_ids, 1, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
+                                seeds=[0] * n, stop_token_ids=stop_ids)
+        texts = [g[0].text for g in outs]
+        _, parts = score(texts, records, {"accuracy": 1.0, "format": 1.0}, ctx)
+        metrics.update(greedy_accuracy=_mean(parts["accuracy"]), greedy_format=_mean(parts["format"]),
+                       greedy_len_mean=_mean([len(g[0].token_ids) for g in outs]))
+        for row, text, ok in zip(rows, texts, parts["accuracy"]):
+            row.update(greedy=text, greedy_correct=bool(ok))
+    if samples > 0:
+        outs = rollout.generate(prompt_ids, samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                seeds=[request_seed(seed, -1, i) for i in range(n)], stop_token_ids=stop_ids)
+        texts = [c.text for g in outs for c in g]
+        recs = [r for r in records for _ in range(samples)]
+        _, parts = score(texts, recs, {"accuracy": 1.0, "format": 1.0}, ctx)
+        acc = parts["accuracy"]
+        p1, pk, cons = [], [], []
+        for i, row in enumerate(rows):
+            verdicts = acc[i * samples:(i + 1) * samples]
+            c = int(sum(verdicts))
+            p1.append(c / samples)
+            pk.append(pass_at_k(samples, c, samples))
+            keys = [vote_key(t) for t in texts[i * samples:(i + 1) * samples]]
+            voted = majority_vote(keys)
+            cons.append(float(voted >= 0 and verdicts[voted] == 1.0))
+            row.update(samples_correct=c, voted=keys[voted] if voted >= 0 else None, cons_correct=bool(cons[-1]))
+        metrics.update({"pass@1": _mean(p1), f"pass@{samples}": _mean(pk), f"cons@{samples}": _mean(cons),
+                        "sample_format": _mean(parts["format"]),
+                        "sample_len_mean": _mean([len(c.token_ids) for g in outs for c in g]),
+                        "samples": samples, "temperature": temperature, "top_p": top_p})
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for row, p in zip(rows, p1):
+            by_task[str(row["task"])].append(p)
+        if len(by_task) > 1:
+            metrics["pass@1_by_task"] = {t: _mean(v) for t, v in sorted(by_task.items())}
+    return metrics, rows
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0

@@ -1,0 +1,166 @@
+"""`make eval`: evaluate models side by side on held-out benchmarks (R1 §3's protocol).
+
+For each model (`stage.models`: base, a stage name of this run, or an HF folder; `auto` = base plus
+every finished stage) and each benchmark (`stage.benchmarks`, defined in `stage.catalog`), vLLM
+generates one greedy answer and `samples` sampled answers per prompt (R1: T 0.6, top-p 0.95);
+`pipeline.evaluate` scores them with the reward registry's verifiers and computes greedy accuracy,
+pass@1 (mean over the k samples), pass@k and cons@k (majority vote).
+
+Results are incremental: `results/<model>/<benchmark>.json` holds the metrics with a signature of
+everything that determines them (model path and weights' mtime, benchmark, sampling), and a
+re-run reuses every result whose signature matches, so adding a model or benchmark evaluates only
+that, and a killed eval loses at most the pair it was on. `results.json` and `results.md` (a
+table with one row per model) are rewritten at the end of every run.
+
+    make eval
+    make eval ARGS="stage.models=[base,stage1,stage2] stage.benchmarks=[heldout,gsm8k] stage.samples=8"
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline import run as run_lib
+from pipeline.evaluate import evaluate_prompts
+from pipeline.prompts import encode_prompts, iter_file, iter_reasoning_gym
+from pipeline.rewards import RewardContext
+from pipeline.verify import Verifier
+
+STAGE_ORDER = ("stage1", "stage2", "stage3", "stage4", "distill")
+TABLE_METRICS = ("greedy_accuracy", "pass@1", "cons@{k}", "pass@{k}", "sample_len_mean")
+
+
+def models_to_evaluate(cfg) -> list[tuple[str, dict]]:
+    """(label, resolved source) for every requested model; `auto` expands to base + finished stages."""
+    names: list[str] = []
+    for m in cfg.stage.models:
+        if m == "auto":
+            run_dir = config_lib.stage_dir(cfg).parent
+            names += ["base"] + [s for s in STAGE_ORDER if run_lib.is_complete(run_dir / s)]
+        else:
+            names.append(m)
+    out, seen = [], set()
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        src = run_lib.resolve_source(cfg, name, "stage.models", "eval")
+        label = name if "/" not in name else Path(name).name
+        out.append((label, src))
+    return out
+
+
+def load_benchmark(name: str, bench) -> list[dict]:
+    if bench.source == "reasoning_gym":
+        kwargs = {k: dict(v) for k, v in (bench.task_kwargs or {}).items()}
+        records = list(iter_reasoning_gym(list(bench.tasks), bench.seed, bench.limit or 128, kwargs))
+    else:
+        if not bench.path:
+            raise config_lib.ConfigError(f"config key 'stage.catalog.{name}.path': a JSONL path is needed")
+        records = list(iter_file(bench.path, bench.question_field, bench.answer_field, bench.limit))
+    if not records:
+        raise data_lib.DataError(f"benchmark {name!r}: no prompts")
+    return records
+
+
+def signature(cfg, src: dict, name: str) -> str:
+    s = cfg.stage
+    weights = sorted(Path(src["path"]).glob("*.safetensors"))
+    blob = {"model": src["path"], "mtime": [w.stat().st_mtime_ns for w in weights],
+            "bench": OmegaConf.to_container(s.catalog[name], resolve=True), "samples": s.samples,
+            "temperature": s.temperature, "top_p": s.top_p, "greedy": s.greedy, "max_new_tokens": s.max_new_tokens,
+            "seed": s.seed, "system_prompt": cfg.data.system_prompt}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_json(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def markdown_table(results: dict, benchmarks: list[str], k: int) -> str:
+    cols = [c.format(k=k) for c in TABLE_METRICS]
+    lines = []
+    for bench in benchmarks:
+        lines += [f"**{bench}**", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for model, per_bench in results.items():
+            m = per_bench.get(bench)
+            if m is None:
+                continue
+            cells = [(f"{m[c]:.1%}" if c != "sample_len_mean" else f"{m[c]:.0f}") if c in m else "-" for c in cols]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="evaluation (started by pipeline.launch)")
+    ap.add_argument("--config", required=True)
+    cfg = config_lib.load(ap.parse_args(argv).config)
+    s = cfg.stage
+    folder = config_lib.stage_dir(cfg)
+    models = models_to_evaluate(cfg)
+    benchmarks = {name: load_benchmark(name, s.catalog[name]) for name in s.benchmarks}
+    run_lib.update_manifest(folder, stage=s.name, kind="eval", status="running", config=str(folder / "config.yaml"),
+                            inputs={"models": {label: src["path"] for label, src in models}})
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.rollout import VLLMRollout
+
+    cuda = torch.cuda.is_available()
+    ctx = RewardContext(verifier=Verifier(workers=s.verifier_workers))
+    results: dict[str, dict] = {}
+    for label, src in models:
+        results[label] = {}
+        todo = []
+        for name in s.benchmarks:
+            path = folder / "results" / label / f"{name}.json"
+            sig = signature(cfg, src, name)
+            cached = json.loads(path.read_text()) if path.exists() else None
+            if cached and cached.get("signature") == sig:
+                results[label][name] = cached["metrics"]
+                print(f"eval: {label} on {name}: cached ({path})", flush=True)
+            else:
+                todo.append((name, path, sig))
+        if not todo:
+            continue
+        tokenizer = AutoTokenizer.from_pretrained(src["path"])
+        encoded = {name: encode_prompts(tokenizer, benchmarks[name], cfg.data.system_prompt) for name, _, _ in todo}
+        max_len = max(len(p) for ids in encoded.values() for p in ids) + s.max_new_tokens
+        engine = VLLMRollout(src["path"], max_model_len=max_len, seed=s.seed, dtype="auto" if cuda else "float32",
+                             gpu_memory_utilization=s.gpu_memory_utilization, cpu_kv_cache_gb=s.cpu_kv_cache_gb)
+        for name, path, sig in todo:
+            t0 = time.perf_counter()
+            metrics, rows = evaluate_prompts(engine, encoded[name], benchmarks[name], ctx, samples=s.samples,
+                                             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
+                                             seed=s.seed, stop_ids=[tokenizer.eos_token_id], greedy=s.greedy)
+            metrics["seconds"] = time.perf_counter() - t0
+            data_lib.write_jsonl(rows, path.with_suffix(".rows.jsonl"))
+            write_json({"signature": sig, "model": src["path"], "benchmark": name, "metrics": metrics}, path)
+            results[label][name] = metrics
+            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+            print(f"eval: {label} on {name} ({metrics['n']} prompts): {shown}", flush=True)
+        engine.close()
+    ctx.verifier.close()
+    write_json(results, folder / "results.json")
+    table = markdown_table(results, list(s.benchmarks), s.samples)
+    (folder / "results.md").write_text(f"# Evaluation of run `{cfg.run_name}`\n\n{table}")
+    run_lib.update_manifest(folder, status="complete", outputs={"results": str(folder / "results.json"),
+                                                                "table": str(folder / "results.md")})
+    print(table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

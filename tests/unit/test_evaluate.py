@@ -1,0 +1,110 @@
+"""Evaluation maths (pass@k, majority vote), answer keys, per-benchmark loaders and the eval config."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, compose
+from pipeline.evaluate import evaluate_prompts, vote_key
+from pipeline.maths import majority_vote, pass_at_k
+from pipeline.rewards import RewardContext
+from pipeline.rollout import Completion
+from pipeline.verify import Verifier
+from stages.evaluate import load_benchmark, markdown_table
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not beside the checkout")
+
+
+def test_pass_at_k_hand_values():
+    assert pass_at_k(4, 0, 1) == 0.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    # n=4, c=1, k=2: 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    # n=5, c=2, k=3: 1 - C(3,3)/C(5,3) = 1 - 1/10
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9)
+    assert pass_at_k(4, 2, 3) == 1.0  # fewer than k wrong samples: some k-subset always has a right one
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+
+
+def test_majority_vote_counts_ties_and_missing_answers():
+    assert majority_vote(["3", "5", "5", None]) == 1
+    assert majority_vote(["3", "5", "3", "5"]) == 0  # tie: the answer seen first
+    assert majority_vote([None, None]) == -1
+    assert majority_vote([None, "7"]) == 1
+
+
+def test_vote_key_canonicalises_answers():
+    t = "<think>x</think>\n\nThe answer is \\boxed{%s}."
+    assert vote_key(t % "12") == vote_key(t % " 12.0 ") == vote_key(t % "$12$") == "12"
+    assert vote_key(t % "1,018") == "1018"
+    assert vote_key(t % "\\frac{1}{2}") == "\\frac{1}{2}"
+    assert vote_key("<think>x</think> no box") is None
+
+
+class ScriptedEngine:
+    """Returns fixed texts: what vLLM would have sampled, so the maths can be checked by hand."""
+
+    def __init__(self, greedy: list[str], sampled: list[list[str]]):
+        self.greedy, self.sampled = greedy, sampled
+
+    def generate(self, prompts, n, *, temperature, **_):
+        texts = [[g] for g in self.greedy] if temperature == 0.0 else self.sampled
+        assert len(texts) == len(prompts) and all(len(t) == n for t in texts)
+        return [[Completion([1, 2, 3], [0.0] * 3, t, False) for t in group] for group in texts]
+
+
+def test_evaluate_prompts_greedy_pass1_and_cons():
+    ans = lambda v: f"<think>\nadd\n</think>\n\nThe answer is \\boxed{{{v}}}."  # noqa: E731
+    records = [{"id": "a", "question": "1+1", "answer": "2", "task": "math", "entry": None},
+               {"id": "b", "question": "2+2", "answer": "4", "task": "math", "entry": None}]
+    engine = ScriptedEngine(greedy=[ans(2), ans(5)],
+                            sampled=[[ans(2), ans(3), ans(3), ans(2)],  # 2 right; tie 2 vs 3 -> 2 (first): right
+                                     [ans(4), ans(5), ans(5), "no answer"]])  # 1 right; vote 5: wrong
+    ctx = RewardContext(verifier=Verifier(workers=1))
+    m, rows = evaluate_prompts(engine, [[1], [2]], records, ctx, samples=4, temperature=0.6, top_p=0.95,
+                               max_tokens=8, seed=0, stop_ids=[0])
+    assert m["greedy_accuracy"] == 0.5
+    assert m["pass@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert m["pass@4"] == 1.0
+    assert m["cons@4"] == 0.5
+    assert m["sample_format"] == pytest.approx(7 / 8)
+    assert rows[0]["voted"] == "2" and rows[1]["voted"] == "5" and rows[1]["samples_correct"] == 1
+
+
+def test_markdown_table_puts_models_side_by_side():
+    results = {"base": {"heldout": {"greedy_accuracy": 0.1, "pass@1": 0.05, "cons@4": 0.1, "pass@4": 0.2,
+                                    "sample_len_mean": 90.0}},
+               "stage1": {"heldout": {"greedy_accuracy": 0.5, "pass@1": 0.4, "cons@4": 0.5, "pass@4": 0.8,
+                                      "sample_len_mean": 120.0}}}
+    table = markdown_table(results, ["heldout"], 4)
+    assert "| base | 10.0% | 5.0% | 10.0% | 20.0% | 90 |" in table
+    assert "| stage1 | 50.0% | 40.0% | 50.0% | 80.0% | 120 |" in table
+
+
+def test_eval_config_rejects_unknown_benchmark():
+    with pytest.raises(ConfigError, match="stage.benchmarks"):
+        compose(["stage=eval", "stage.benchmarks=[heldout,nope]"])
+    with pytest.raises(ConfigError, match="stage.samplez"):
+        compose(["stage=eval", "+stage.samplez=3"])
+
+
+def test_heldout_benchmark_is_far_from_training_items():
+    cfg = compose(["stage=eval"])
+    recs = load_benchmark("heldout", cfg.stage.catalog.heldout)
+    assert len(recs) == 128 and {r["task"] for r in recs} == {"chain_sum", "basic_arithmetic"}
+    train = compose(["stage=stage2"]).data
+    assert cfg.stage.catalog.heldout.seed - train.seed > 1_000_000
+
+
+@needs_shared
+@pytest.mark.parametrize("name,first_answer", [("gsm8k", "18"), ("math500", None), ("aime24", None)])
+def test_each_benchmark_file_loads(name, first_answer):
+    cfg = compose(["stage=eval"])
+    recs = load_benchmark(name, cfg.stage.catalog[name])
+    assert recs and all(r["question"] and r["answer"] for r in recs)
+    if first_answer:
+        assert recs[0]["answer"] == first_answer
+    if name == "aime24":
+        assert len(recs) == 30
