@@ -62,6 +62,20 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, how: str, max_len: int |
     raise ValueError(f"unknown loss aggregation {how!r}; choose from {AGGREGATIONS}")
 
 
+def chunk_weight(how: str, chunk_seqs: int, total_seqs: int, chunk_tokens: float, total_tokens: float) -> float:
+    """Factor making a chunk's `aggregate` its share of the whole batch's, so losses of chunks that
+    are back-propagated one at a time sum to the batch loss (no batch-sized autograd graph).
+
+    seq_mean and dr_grpo average over sequences (dr_grpo's token normaliser is a constant), so a
+    chunk weighs chunk_seqs / total_seqs; token_mean weighs its share of the response tokens.
+    """
+    if how in ("seq_mean", "dr_grpo"):
+        return chunk_seqs / max(1, total_seqs)
+    if how == "token_mean":
+        return chunk_tokens / total_tokens if total_tokens > 0 else 0.0
+    raise ValueError(f"unknown loss aggregation {how!r}; choose from {AGGREGATIONS}")
+
+
 @dataclass
 class PolicyLoss:
     loss: torch.Tensor

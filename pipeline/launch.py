@@ -64,10 +64,13 @@ def command(cfg, config_path: Path, acc: str, nproc: int) -> tuple[list[str], di
         env["CUDA_VISIBLE_DEVICES"] = ""
         threads = cfg.launcher.omp_threads or max(1, (os.cpu_count() or 1) // nproc)
         env["OMP_NUM_THREADS"] = str(threads)
-        # Keep freed activation buffers in glibc's heap instead of unmapping them every step:
-        # page-faulting fresh memory back in cost ~20% of CPU step time (scripts/bench_sft_step.py).
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 40))
-        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 40))
+        if cfg.stage.kind == "sft":
+            # Keep freed activation buffers in glibc's heap instead of unmapping them every step:
+            # page-faulting fresh memory back in cost ~20% of CPU step time (scripts/bench_sft_step.py).
+            # Not for stages that also run vLLM: its allocations interleaved with the trainer's
+            # fragment a never-trimmed heap, and a stage-2 run grew to 18 GB and was OOM-killed.
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 40))
+            env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 40))
     module_args = ["--config", str(config_path)]
     if cfg.launcher.kind == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),

@@ -105,53 +105,57 @@ def collect(rollout, prompt_ids: list[list[int]], records: list[dict], cursor: i
     return Batch(samples, len(kept), zero_var, dropped, drawn, t_gen, t_score), cursor
 
 
-def packed_logprobs(model, samples: list[Sample], temperature: float, device: torch.device, max_tokens: int,
-                    with_entropy: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-sample log-probs of the response tokens (and entropies), from padding-free packed rows.
+def pack_rows(samples: list[Sample], max_tokens: int) -> list[list[int]]:
+    """Indices of `samples` grouped into packed rows of at most `max_tokens` (a longer sample gets its own row)."""
+    rows: list[list[int]] = []
+    used = 0
+    for i, x in enumerate(samples):
+        n = len(x.prompt_ids) + len(x.completion.token_ids)
+        if not rows or (used + n > max_tokens and rows[-1]):
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
+def row_logprobs(model, row: list[Sample], temperature: float, device: torch.device,
+                 with_entropy: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-sample log-probs of the response tokens (and entropies) from one padding-free packed row.
 
     Logits are computed only at the positions that predict response tokens (`logits_to_keep`), so
     prompt tokens cost a forward pass but no vocabulary projection.
     """
-    logps: list[torch.Tensor] = []
-    ents: list[torch.Tensor] = []
-    row: list[Sample] = []
-    used = 0
-
-    def flush():
-        nonlocal row, used
-        if not row:
-            return
-        ids, pos, keep, targets, spans = [], [], [], [], []
-        for x in row:
-            seq = x.prompt_ids + x.completion.token_ids
-            off, p, r = len(ids), len(x.prompt_ids), len(x.completion.token_ids)
-            ids += seq
-            pos += list(range(len(seq)))
-            spans.append((len(keep), r))
-            keep += list(range(off + p - 1, off + p + r - 1))
-            targets += x.completion.token_ids
-        out = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
-                    use_cache=False, logits_to_keep=torch.tensor(keep, device=device))
-        logits = out.logits[0]
-        lp = grpo.gather_logprobs(logits, torch.tensor(targets, device=device), temperature)
-        ent = None
-        if with_entropy:
-            with torch.no_grad():
-                ent = grpo.token_entropy(logits / temperature)
-        for start, r in spans:
-            logps.append(lp[start:start + r])
-            if ent is not None:
-                ents.append(ent[start:start + r])
-        row, used = [], 0
-
-    for x in samples:
-        n = len(x.prompt_ids) + len(x.completion.token_ids)
-        if used + n > max_tokens and row:
-            flush()
-        row.append(x)
-        used += n
-    flush()
+    ids, pos, keep, targets, spans = [], [], [], [], []
+    for x in row:
+        seq = x.prompt_ids + x.completion.token_ids
+        off, p, r = len(ids), len(x.prompt_ids), len(x.completion.token_ids)
+        ids += seq
+        pos += list(range(len(seq)))
+        spans.append((len(keep), r))
+        keep += list(range(off + p - 1, off + p + r - 1))
+        targets += x.completion.token_ids
+    out = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
+                use_cache=False, logits_to_keep=torch.tensor(keep, device=device))
+    logits = out.logits[0]
+    lp = grpo.gather_logprobs(logits, torch.tensor(targets, device=device), temperature)
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = grpo.token_entropy(logits / temperature)
+    logps = [lp[start:start + r] for start, r in spans]
+    ents = [ent[start:start + r] for start, r in spans] if ent is not None else []
     return logps, ents
+
+
+def packed_logprobs(model, samples: list[Sample], temperature: float, device: torch.device,
+                    max_tokens: int) -> list[torch.Tensor]:
+    """Per-sample response log-probs over packed rows (used without gradients: old and reference policy)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
+    for row in pack_rows(samples, max_tokens):
+        for i, lp in zip(row, row_logprobs(model, [samples[i] for i in row], temperature, device)[0]):
+            out[i] = lp
+    return out
 
 
 def pad(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
@@ -171,7 +175,13 @@ class UpdateStats:
 
 
 def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: torch.device, step: int) -> UpdateStats:
-    """num_minibatches optimizer steps on one rollout batch."""
+    """num_minibatches optimizer steps on one rollout batch.
+
+    Each minibatch is processed one packed row at a time: forward, loss scaled to the row's share of
+    the minibatch loss (`grpo.chunk_weight`), backward, and a single optimizer step at the end, so
+    memory holds one row's autograd graph, not the minibatch's (32 samples of ~250 tokens held
+    ~14 GB on CPU at once, and longer outputs were OOM-killed).
+    """
     s = cfg.stage
     temp = s.rollout.temperature
     stats = UpdateStats()
@@ -184,37 +194,50 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
     max_len = s.rollout.max_new_tokens
     with torch.no_grad():
         # the policy before any update = the rollout policy (weights were synced), in trainer numerics
-        old = packed_logprobs(engine, samples, temp, device, s.max_tokens_per_forward)[0] \
-            if len(chunks) > 1 else None
-        ref = packed_logprobs(ref_model, samples, temp, device, s.max_tokens_per_forward)[0] \
+        old = packed_logprobs(engine, samples, temp, device, s.max_tokens_per_forward) if len(chunks) > 1 else None
+        ref = packed_logprobs(ref_model, samples, temp, device, s.max_tokens_per_forward) \
             if ref_model is not None else None
     gap_sum, gap_n = 0.0, 0
     for chunk in chunks:
         mb = [samples[i] for i in chunk]
-        logp_list, ent_list = packed_logprobs(engine, mb, temp, device, s.max_tokens_per_forward, with_entropy=True)
-        # the pre-update policy: `old`, or (one minibatch, old is None) this forward
-        pre = [old[j] for j in chunk] if old is not None else [lp.detach() for lp in logp_list]
-        for x, lp in zip(mb, pre):
-            if x.completion.logprobs:
-                gap_sum += (torch.tensor(x.completion.logprobs, dtype=lp.dtype, device=lp.device) - lp).abs().sum().item()
-                gap_n += len(x.completion.logprobs)
-        logp = pad(logp_list)
-        old_logp = pad([old[i] for i in chunk]) if old is not None else logp.detach()
-        ref_logp = pad([ref[i] for i in chunk]) if ref is not None else None
-        lengths = torch.tensor([len(x.completion.token_ids) for x in mb])
-        truncated = torch.tensor([x.completion.truncated for x in mb])
-        mask = grpo.response_mask(lengths, truncated, logp.size(1), s.mask_truncated).to(device)
-        adv = torch.tensor([x.advantage for x in mb], device=device)
-        out = grpo.policy_loss(logp, old_logp, adv, mask, s.eps_low, s.eps_high, beta=s.beta, ref_logp=ref_logp,
-                               aggregation=s.aggregation, max_len=max_len)
-        engine.backward(out.loss)
+        total_tokens = float(sum(len(x.completion.token_ids) for x in mb
+                                 if not (s.mask_truncated and x.completion.truncated)))
+        rows = pack_rows(mb, s.max_tokens_per_forward)
+        loss = kl = clip = ent_sum = 0.0
+        ent_n = 0
+        for r, row in enumerate(rows):
+            engine.set_gradient_accumulation_boundary(r == len(rows) - 1)
+            xs = [mb[j] for j in row]
+            logp_list, ent_list = row_logprobs(engine, xs, temp, device, with_entropy=True)
+            # the pre-update policy: `old`, or (one minibatch, old is None) this forward
+            pre = [old[chunk[j]] for j in row] if old is not None else [lp.detach() for lp in logp_list]
+            for x, lp in zip(xs, pre):
+                if x.completion.logprobs:
+                    gap_sum += (torch.tensor(x.completion.logprobs, dtype=lp.dtype, device=lp.device) - lp).abs().sum().item()
+                    gap_n += len(x.completion.logprobs)
+            logp = pad(logp_list)
+            old_logp = pad([old[chunk[j]] for j in row]) if old is not None else logp.detach()
+            ref_logp = pad([ref[chunk[j]] for j in row]) if ref is not None else None
+            lengths = torch.tensor([len(x.completion.token_ids) for x in xs])
+            truncated = torch.tensor([x.completion.truncated for x in xs])
+            mask = grpo.response_mask(lengths, truncated, logp.size(1), s.mask_truncated).to(device)
+            adv = torch.tensor([x.advantage for x in xs], device=device)
+            out = grpo.policy_loss(logp, old_logp, adv, mask, s.eps_low, s.eps_high, beta=s.beta, ref_logp=ref_logp,
+                                   aggregation=s.aggregation, max_len=max_len)
+            row_tokens = float(mask.sum())
+            w = grpo.chunk_weight(s.aggregation, len(xs), len(mb), row_tokens, total_tokens)
+            engine.backward(out.loss * w)
+            tw = row_tokens / total_tokens if total_tokens > 0 else 0.0
+            loss += out.loss.item() * w
+            kl += out.kl.item() * tw
+            clip += out.clip_frac.item() * tw
+            ent_sum += float(sum(e.sum() for e in ent_list))
+            ent_n += sum(e.numel() for e in ent_list)
         engine.step()
-        ent = pad(ent_list)
-        full = grpo.response_mask(lengths, truncated, logp.size(1), False).to(device)
-        stats.loss += out.loss.item()
-        stats.kl += out.kl.item()
-        stats.clip_frac += out.clip_frac.item()
-        stats.entropy += ((ent * full).sum() / full.sum().clamp(min=1)).item()
+        stats.loss += loss
+        stats.kl += kl
+        stats.clip_frac += clip
+        stats.entropy += ent_sum / max(1, ent_n)
         stats.updates += 1
     stats.rollout_logprob_gap = gap_sum / max(1, gap_n)
     n = max(1, stats.updates)

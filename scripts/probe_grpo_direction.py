@@ -35,7 +35,7 @@ if __name__ == "__main__":
     for x,a in zip(samples, adv.tolist()): x.advantage=a
     A = torch.tensor([x.advantage for x in samples])
     for it in range(5):
-        lp,_ = packed_logprobs(model, samples, 1.0, torch.device("cpu"), 4096)
+        lp = packed_logprobs(model, samples, 1.0, torch.device("cpu"), 4096)
         logp = pad(lp); lengths=torch.tensor([len(x.completion.token_ids) for x in samples])
         mask = grpo.response_mask(lengths, torch.zeros(len(samples),dtype=torch.bool), logp.size(1), False)
         seqmean = (logp*mask).sum(1)/mask.sum(1)

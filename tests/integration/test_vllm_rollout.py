@@ -49,7 +49,7 @@ def test_sampled_logprobs_match_the_trainer(engine, hf_model, prompts, tokenizer
                            stop_token_ids=[tokenizer.eos_token_id])
     samples = [Sample(prompt_ids=p, completion=c, reward=0.0) for p, g in zip(prompts, outs) for c in g]
     with torch.no_grad():
-        trainer, _ = packed_logprobs(hf_model, samples, 0.8, torch.device("cpu"), 4096)
+        trainer = packed_logprobs(hf_model, samples, 0.8, torch.device("cpu"), 4096)
     diffs = torch.cat([(t - torch.tensor(x.completion.logprobs)).abs() for t, x in zip(trainer, samples)])
     assert len(diffs) > 20
     print(f"max |logprob diff| = {diffs.max():.2e}, mean = {diffs.mean():.2e} over {len(diffs)} tokens")
@@ -92,7 +92,7 @@ def test_after_a_sync_vllm_samples_from_exactly_the_pushed_weights(engine, hf_mo
                                stop_token_ids=[tokenizer.eos_token_id])
         samples = [Sample(prompt_ids=p, completion=c, reward=0.0) for p, g in zip(prompts, outs) for c in g]
         with torch.no_grad():
-            trainer, _ = packed_logprobs(hf_model, samples, 1.0, torch.device("cpu"), 4096)
+            trainer = packed_logprobs(hf_model, samples, 1.0, torch.device("cpu"), 4096)
         diffs = torch.cat([(t - torch.tensor(x.completion.logprobs)).abs() for t, x in zip(trainer, samples)])
         print(f"after sync: max |logprob diff| = {diffs.max():.2e}, mean = {diffs.mean():.2e}")
         assert diffs.max().item() < LOGPROB_TOL and diffs.mean().item() < 1e-4
