@@ -8,7 +8,7 @@ CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
 INSTALLED := $(VENV)/.installed
 BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
 
-.PHONY: help setup stage-1 stage-2 stage-3 eval test test-unit test-integration clean-runs
+.PHONY: help setup stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -30,6 +30,13 @@ stage-2: setup  ## stage 2: GRPO reasoning RL from stage-1's export (vLLM rollou
 
 stage-3: setup  ## stage 3: rejection sampling from stage-2 (vLLM, sharded, resumable), then SFT
 	$(PY) -m pipeline.launch stage=stage3 $(ARGS)
+
+stage-4: setup  ## stage 4: alignment RL: rule rewards (reasoning) + reward models (general prompts)
+	$(PY) -m pipeline.launch stage=stage4 $(ARGS)
+
+train-rm: setup  ## stage-4's reward models: rm_helpful (pairwise) then rm_safety (pointwise); resumable
+	$(PY) -m pipeline.launch stage=rm_helpful $(ARGS)
+	$(PY) -m pipeline.launch stage=rm_safety $(ARGS)
 
 eval: setup  ## evaluate base + finished stages (greedy, pass@1 over k samples, cons@k); results.md per run
 	$(PY) -m pipeline.launch stage=eval $(ARGS)

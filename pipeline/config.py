@@ -134,6 +134,26 @@ class GRPOStageConfig:
 
 
 @dataclass
+class AlignStageConfig(GRPOStageConfig):
+    """Stage 4 (R1 §2.3.4): GRPO where reasoning prompts get the rule rewards (`rewards`) and general
+    prompts get reward-model scores (`rm_rewards`), the latter only in the last `general_last_steps`."""
+
+    kind: str = "align"
+    module: str = "stages.stage4_align"
+    name: str = "stage4"
+    init_from: str = "stage3"
+    reward_models: dict[str, str] = field(default_factory=lambda: {"helpfulness": "rm_helpful",
+                                                                    "harmlessness": "rm_safety"})  # stage names or paths
+    rm_rewards: dict[str, float] = field(default_factory=lambda: {"helpfulness": 1.0, "harmlessness": 1.0})
+    general_path: str = "pipeline/assets/general_chat.jsonl"  # general prompts (chat JSONL: first user turn)
+    general_prompts_per_step: int = 2  # general prompts added per step once the preference phase starts
+    general_last_steps: int = 5  # preference rewards + general prompts only in the last N steps (R1: 400 of 1,700)
+    rm_batch_size: int = 16
+    rm_max_length: int = 1024
+    watch_window: int = 4  # steps compared by the reward-hacking watch
+
+
+@dataclass
 class ReadabilityConfig:
     """R1 §2.3.3: chains of thought that mix languages, run on in long paragraphs, or carry code blocks
     are filtered out of the rejection-sampled data."""
@@ -188,6 +208,31 @@ class RSStageConfig(SFTStageConfig):
     readability: ReadabilityConfig = field(default_factory=ReadabilityConfig)
     general: GeneralDataConfig = field(default_factory=GeneralDataConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class RMStageConfig:
+    """`make train-rm`: a reward model for stage-4 (R1 §2.3.4) on DeepSpeed, from `init_from`."""
+
+    kind: str = "rm"
+    module: str = "stages.train_rm"
+    name: str = "rm_helpful"  # stage-4 names the RM by this (stage.reward_models.helpfulness=rm_helpful)
+    init_from: str = "base"  # the RM starts from this LM with a fresh 1-logit head
+    objective: str = "pairwise"  # pairwise (Bradley-Terry on chosen/rejected) | pointwise (BCE on safe/unsafe)
+    data_path: Optional[str] = None  # JSONL of prompt/chosen/rejected or prompt/response/safe; None = embedded set
+    eval_fraction: float = 0.25  # prompts held out (by hash) for the held-out accuracy
+    epochs: int = 2
+    batch_size: int = 8  # pairs (or rows) per optimizer step, over all processes
+    max_length: int = 512  # tokens per conversation; longer ones keep their end
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    save_every: int = 10
+    keep_last: int = 2
+    seed: int = 42
 
 
 @dataclass
@@ -266,7 +311,8 @@ class Config:
 
 
 STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig, "grpo": GRPOStageConfig, "rs_sft": RSStageConfig,
-                                   "eval": EvalStageConfig}
+                                   "eval": EvalStageConfig, "rm": RMStageConfig,
+                                   "align": AlignStageConfig}
 
 _CHOICES = {
     "model.dtype": {"auto", "fp32", "bf16"},
@@ -276,7 +322,9 @@ _CHOICES = {
     "logger.wandb_mode": {"offline", "online", "disabled"},
 }
 _STAGE_CHOICES = {
+    "rm": {"stage.objective": {"pairwise", "pointwise"}},
     "grpo": {"stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"}, "stage.rollout.engine": {"vllm"}},
+    "align": {"stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"}, "stage.rollout.engine": {"vllm"}},
     "rs_sft": {"stage.general.source": {"file", "hub", "none"}, "stage.rollout.engine": {"vllm"}},
 }
 
@@ -326,12 +374,16 @@ def validate(raw: DictConfig) -> DictConfig:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {sorted(allowed, key=str)}")
-    if kind == "grpo":
+    if kind in ("grpo", "align"):
         from pipeline.rewards import REWARDS
 
-        unknown = sorted(set(cfg.stage.rewards) - set(REWARDS))
-        if unknown:
-            raise ConfigError(f"config key 'stage.rewards': unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+        for key in ("rewards", "rm_rewards"):
+            unknown = sorted(set(cfg.stage.get(key, {})) - set(REWARDS))
+            if unknown:
+                raise ConfigError(f"config key 'stage.{key}': unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+        missing = sorted(set(cfg.stage.get("rm_rewards", {})) - set(cfg.stage.get("reward_models", {})))
+        if missing:
+            raise ConfigError(f"config key 'stage.reward_models': no reward model for {missing}")
     if kind == "eval":
         missing = [b for b in cfg.stage.benchmarks if b not in cfg.stage.catalog]
         if missing:

@@ -68,3 +68,13 @@ def majority_vote(keys: list) -> int:
         return -1
     best = max(counts, key=lambda k: (counts[k], -first[k]))
     return first[best]
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Pairwise reward-model loss: -log σ(r_chosen - r_rejected), averaged over pairs."""
+    return -F.logsigmoid(chosen.float() - rejected.float()).mean()
+
+
+def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Pointwise reward-model loss: binary cross-entropy of σ(r) against 1 = safe / 0 = unsafe."""
+    return F.binary_cross_entropy_with_logits(scores.float(), labels.float())

@@ -11,6 +11,8 @@ total is the weighted sum and every component is logged separately.
               with exactly one `\\boxed{}` and no further think tags. Duplicated blocks earn 0.
 * language  - R1's language-consistency reward: the share of the chain of thought's words that are
               in the target language, judged by Unicode script (see `language_share`).
+* helpfulness, harmlessness - stage-4's reward models (σ of the RM logit): helpfulness sees only the
+              answer after `</think>`, harmlessness the whole response.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MAX_COMPLETION_CHARS = 20_000  # anything longer is cut before any regex or pars
 class RewardContext:
     verifier: Verifier = field(default_factory=Verifier)
     language: str = "en"
+    # name -> scorer(prompts, responses) -> raw logits; stage-4's reward models (pipeline.reward_model)
+    reward_models: dict[str, Callable[[list[str], list[str]], list[float]]] = field(default_factory=dict)
 
 
 def answer_part(completion: str) -> str:
@@ -125,11 +129,34 @@ def language_reward(completions: list[str], records: list[dict], ctx: RewardCont
     return out
 
 
+def _rm(name: str, completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:
+    if name not in ctx.reward_models:
+        raise ValueError(f"reward {name!r} needs a reward model (stage.reward_models.{name})")
+    import math
+
+    scores = ctx.reward_models[name]([r["question"] for r in records], completions)
+    return [1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x)))) for x in scores]  # σ(logit) in [0, 1]
+
+
+def helpfulness_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:
+    """R1 §2.3.4: the helpfulness RM judges only the final summary (the text after </think>), so the
+    reasoning is not shaped by a preference model."""
+    return _rm("helpfulness", [answer_part(c).strip() for c in completions], records, ctx)
+
+
+def harmlessness_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:
+    """R1 §2.3.4: the harmlessness RM judges the whole response, reasoning included."""
+    return _rm("harmlessness", [c[:MAX_COMPLETION_CHARS] for c in completions], records, ctx)
+
+
+RM_REWARDS = ("helpfulness", "harmlessness")
 RewardFn = Callable[[list[str], list[dict], RewardContext], list[float]]
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "format": format_reward,
     "language": language_reward,
+    "helpfulness": helpfulness_reward,  # reward model, general prompts (stage-4)
+    "harmlessness": harmlessness_reward,  # reward model, general prompts (stage-4)
 }
 
 

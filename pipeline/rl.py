@@ -13,13 +13,14 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 
 from pipeline import grpo
 from pipeline.evaluate import evaluate_prompts
-from pipeline.rewards import RewardContext, score
+from pipeline.rewards import RM_REWARDS, RewardContext, score
 from pipeline.rollout import Completion, request_seed
 
 REFLECTION_WORDS = ("wait", "verify", "re-check", "recheck", "double-check", "let me check", "mistake",
@@ -46,6 +47,7 @@ class Sample:
     reward: float
     advantage: float = 0.0
     parts: dict[str, float] = field(default_factory=dict)
+    pool: str = "reasoning"
 
 
 @dataclass
@@ -59,11 +61,33 @@ class Batch:
     score_seconds: float
 
 
-def collect(rollout, prompt_ids: list[list[int]], records: list[dict], cursor: int, step: int, cfg: DictConfig,
-            ctx: RewardContext, rank: int, world: int, stop_ids: list[int]) -> tuple[Batch, int]:
-    """Generate and score groups for one step; with dynamic sampling refill zero-variance groups."""
+@dataclass
+class PromptPool:
+    """A prompt set with its own reward weights and schedule (stage-4 routes reasoning and general
+    prompts to different rewards); stage-2 has one pool."""
+
+    name: str
+    records: list[dict]
+    prompt_ids: list[list[int]]
+    weights: dict[str, float]
+    per_step: Callable[[int], int]  # prompts drawn at a step (over all ranks)
+    seed_offset: int = 0  # keeps the pools' sampling seeds and prompt orders apart
+
+
+def merge(batches: list[Batch]) -> Batch:
+    return Batch([x for b in batches for x in b.samples], sum(b.groups for b in batches),
+                 sum(b.zero_var_groups for b in batches), sum(b.dropped_groups for b in batches),
+                 sum(b.prompts_drawn for b in batches), sum(b.gen_seconds for b in batches),
+                 sum(b.score_seconds for b in batches))
+
+
+def collect(rollout, pool: PromptPool, cursor: int, step: int, cfg: DictConfig, ctx: RewardContext, rank: int,
+            world: int, stop_ids: list[int]) -> tuple[Batch, int]:
+    """Generate and score `pool`'s groups for one step; with dynamic sampling refill zero-variance groups."""
     s = cfg.stage
-    per_rank = s.prompts_per_step // world
+    per_rank = pool.per_step(step) // world
+    seed = s.seed + pool.seed_offset
+    records, prompt_ids = pool.records, pool.prompt_ids
     kept: list[list[Sample]] = []
     zero_var = dropped = drawn = 0
     t_gen = t_score = 0.0
@@ -75,21 +99,21 @@ def collect(rollout, prompt_ids: list[list[int]], records: list[dict], cursor: i
         draws = [cursor + j * world + rank for j in range(need)]
         cursor += need * world
         drawn += need * world
-        idx = [prompt_index(d, len(records), s.seed) for d in draws]
+        idx = [prompt_index(d, len(records), seed) for d in draws]
         t0 = time.perf_counter()
         outs = rollout.generate([prompt_ids[i] for i in idx], s.group_size, temperature=s.rollout.temperature,
                                 top_p=s.rollout.top_p, max_tokens=s.rollout.max_new_tokens,
-                                seeds=[request_seed(s.seed, step, d) for d in draws], stop_token_ids=stop_ids)
+                                seeds=[request_seed(seed, step, d) for d in draws], stop_token_ids=stop_ids)
         t1 = time.perf_counter()
         texts = [c.text for group in outs for c in group]
         recs = [records[i] for i in idx for _ in range(s.group_size)]
-        total, parts = score(texts, recs, dict(s.rewards), ctx)
+        total, parts = score(texts, recs, dict(pool.weights), ctx)
         t_score += time.perf_counter() - t1
         t_gen += t1 - t0
         for g, i in enumerate(idx):
             sl = slice(g * s.group_size, (g + 1) * s.group_size)
             group = [Sample(prompt_ids=prompt_ids[i], completion=c, reward=r,
-                            parts={k: v[sl][j] for k, v in parts.items()})
+                            parts={k: v[sl][j] for k, v in parts.items()}, pool=pool.name)
                      for j, (c, r) in enumerate(zip(outs[g], total[sl]))]
             rewards = torch.tensor([x.reward for x in group])
             flat = bool(grpo.zero_variance_groups(rewards, s.group_size)[0])
@@ -259,12 +283,13 @@ def policy_weights(engine, zero_stage: int):
 
 
 def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
+    """Per-step metrics; a reward component is averaged over the samples it scored (with routed pools,
+    accuracy covers reasoning prompts only and the RM scores general prompts only)."""
     xs = batch.samples
     n = max(1, len(xs))
     lengths = [len(x.completion.token_ids) for x in xs] or [0]
     m = {
         "reward": sum(x.reward for x in xs) / n,
-        "accuracy": sum(x.parts.get("accuracy", 0.0) for x in xs) / n,
         "response_len_mean": sum(lengths) / n,
         "response_len_max": max(lengths),
         "truncated_frac": sum(x.completion.truncated for x in xs) / n,
@@ -275,8 +300,20 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "loss": stats.loss, "kl": stats.kl, "clip_frac": stats.clip_frac, "entropy": stats.entropy,
         "rollout_logprob_gap": stats.rollout_logprob_gap,
     }
-    for name in (xs[0].parts if xs else {}):
-        m[f"reward/{name}"] = sum(x.parts[name] for x in xs) / n
+    names = sorted({k for x in xs for k in x.parts})
+    for name in names:
+        vals = [x.parts[name] for x in xs if name in x.parts]
+        m[f"reward/{name}"] = sum(vals) / len(vals)
+        if name in RM_REWARDS:  # the RM score distribution, to see it drift or saturate
+            mean = m[f"reward/{name}"]
+            m[f"reward/{name}_std"] = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
+            m[f"reward/{name}_min"], m[f"reward/{name}_max"] = min(vals), max(vals)
+    if "accuracy" in names:
+        m["accuracy"] = m["reward/accuracy"]
+    pools = sorted({x.pool for x in xs})
+    if len(pools) > 1 or (pools and pools[0] != "reasoning"):
+        for p in pools:
+            m[f"samples/{p}"] = sum(x.pool == p for x in xs)
     return m
 
 
@@ -287,3 +324,33 @@ def evaluate(rollout, prompt_ids: list[list[int]], records: list[dict], ctx: Rew
     m, _ = evaluate_prompts(rollout, prompt_ids, records, ctx, samples=s.eval_samples, temperature=s.eval_temperature,
                             top_p=s.eval_top_p, max_tokens=s.rollout.max_new_tokens, seed=s.seed, stop_ids=stop_ids)
     return {f"eval/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and k not in ("n", "samples")}
+
+
+def general_prompts_at(step: int, s) -> int:
+    """Stage-4 schedule: general prompts (and so preference rewards) only in the last N steps (R1 §2.3.4)."""
+    return s.general_prompts_per_step if step >= s.steps - s.general_last_steps else 0
+
+
+def _slope(ys: list[float]) -> float:
+    n = len(ys)
+    xm, ym = (n - 1) / 2, sum(ys) / n
+    den = sum((i - xm) ** 2 for i in range(n))
+    return sum((i - xm) * (y - ym) for i, y in enumerate(ys)) / den if den else 0.0
+
+
+def hacking_watch(history: list[dict], window: int) -> dict:
+    """Reward-hacking signals over logged steps: the RM reward rising while rule accuracy falls (least-
+    squares slopes over the last `window` steps that have both), and response length against its start."""
+    out: dict = {}
+    rm_keys = [f"reward/{k}" for k in RM_REWARDS]
+    both = [r for r in history if "accuracy" in r and any(k in r for k in rm_keys)]
+    if len(both) >= window >= 2:
+        recent = both[-window:]
+        rm = _slope([sum(r[k] for k in rm_keys if k in r) / sum(k in r for k in rm_keys) for r in recent])
+        acc = _slope([r["accuracy"] for r in recent])
+        out.update({"watch/rm_slope": rm, "watch/acc_slope": acc, "watch/rm_up_acc_down": float(rm > 0 and acc < 0)})
+    lens = [r["response_len_mean"] for r in history if "response_len_mean" in r]
+    if len(lens) >= 2 * window:
+        ratio = (sum(lens[-window:]) / window) / max(1e-9, sum(lens[:window]) / window)
+        out.update({"watch/len_ratio": ratio, "watch/length_collapse": float(ratio < 0.5)})
+    return out

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import compose
 from pipeline.rewards import RewardContext
-from pipeline.rl import collect, prompt_index
+from pipeline.rl import PromptPool, collect, prompt_index
 from pipeline.rollout import Completion
 from pipeline.verify import Verifier
 
@@ -46,7 +46,8 @@ def run(ctx, dynamic: bool, rounds: int = 3):
     records = [{"id": str(i), "question": "q", "answer": str(i), "task": "math", "entry": None} for i in range(12)]
     prompt_ids = [[i] for i in range(12)]
     rollout = ScriptedRollout()
-    batch, cursor = collect(rollout, prompt_ids, records, 0, 0, cfg, ctx, 0, 1, [0])
+    pool = PromptPool("reasoning", records, prompt_ids, dict(cfg.stage.rewards), lambda step: cfg.stage.prompts_per_step)
+    batch, cursor = collect(rollout, pool, 0, 0, cfg, ctx, 0, 1, [0])
     order = [prompt_index(c, 12, cfg.stage.seed) for c in range(cursor)]
     return batch, cursor, order, rollout
 

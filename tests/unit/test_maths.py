@@ -36,3 +36,14 @@ def test_scaled_micro_sums_give_the_global_token_mean_gradient():
     gas, scale = 2, global_token_mean_scale(2, 1, 4)
     g = sum(torch.autograd.grad(token_nll_sum(x @ w, y) * scale / gas, w)[0] for x, y in zip(xs, ys))
     torch.testing.assert_close(g, g_ref)
+
+
+def test_bradley_terry_and_pointwise_hand_values():
+    from pipeline.maths import bradley_terry_loss, pointwise_loss
+
+    # -log σ(2 - 0) = log(1 + e^-2); -log σ(0) = log 2
+    got = bradley_terry_loss(torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]))
+    assert got.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log(2)) / 2, rel=1e-6)
+    # label 1 with score 0 -> log 2; label 0 with score 3 -> log(1 + e^3)
+    got = pointwise_loss(torch.tensor([0.0, 3.0]), torch.tensor([1, 0]))
+    assert got.item() == pytest.approx((math.log(2) + math.log1p(math.exp(3))) / 2, rel=1e-6)

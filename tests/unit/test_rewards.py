@@ -24,7 +24,7 @@ def math_rec(answer):
 
 
 def test_registry_names():
-    assert set(REWARDS) == {"accuracy", "format", "language"}
+    assert set(REWARDS) == {"accuracy", "format", "language", "helpfulness", "harmlessness"}
 
 
 def test_accuracy_math_verify_equivalences(ctx):
