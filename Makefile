@@ -8,7 +8,7 @@ CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
 INSTALLED := $(VENV)/.installed
 BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
 
-.PHONY: help setup stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
+.PHONY: help setup pipeline status stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ train-rm: setup  ## stage-4's reward models: rm_helpful (pairwise) then rm_safet
 
 eval: setup  ## evaluate base + finished stages (greedy, pass@1 over k samples, cons@k); results.md per run
 	$(PY) -m pipeline.launch stage=eval $(ARGS)
+
+pipeline: setup  ## the whole pipeline in order (finished stages are skipped, a failed one resumes); ARGS="run_name=x"
+	$(MAKE) stage-1 stage-2 stage-3 train-rm stage-4 eval ARGS="$(ARGS)"
+
+status:  ## each stage of a run: complete / running / failed / not started, with key figures; ARGS="run_name=x"
+	@$(PY) -m pipeline.status $(ARGS)
 
 test: setup  ## all tests: CPU unit tests + integration (real stage-1 on a tiny model, kill + resume)
 	$(PY) -m pytest -q -m "not gpu" tests $(ARGS)
