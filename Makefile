@@ -8,7 +8,7 @@ CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
 INSTALLED := $(VENV)/.installed
 BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
 
-.PHONY: help setup pipeline status stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
+.PHONY: help setup pipeline status report stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ pipeline: setup  ## the whole pipeline in order (finished stages are skipped, a 
 
 status:  ## each stage of a run: complete / running / failed / not started, with key figures; ARGS="run_name=x"
 	@$(PY) -m pipeline.status $(ARGS)
+
+report:  ## PNG plots (SFT loss, RL curves as R1 Fig. 2-3, accuracy by stage) + runs/<run>/report/report.md
+	$(PY) -m pipeline.report $(ARGS)
 
 test: setup  ## all tests: CPU unit tests + integration (real stage-1 on a tiny model, kill + resume)
 	$(PY) -m pytest -q -m "not gpu" tests $(ARGS)
