@@ -8,7 +8,7 @@ CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
 INSTALLED := $(VENV)/.installed
 BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
 
-.PHONY: help setup pipeline status report stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
+.PHONY: help setup pipeline status report distill stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ stage-3: setup  ## stage 3: rejection sampling from stage-2 (vLLM, sharded, resu
 
 stage-4: setup  ## stage 4: alignment RL: rule rewards (reasoning) + reward models (general prompts)
 	$(PY) -m pipeline.launch stage=stage4 $(ARGS)
+
+distill: setup  ## SFT of a student (stage.init_from) on stage-3's dataset, then a held-out check
+	$(PY) -m pipeline.launch stage=distill $(ARGS)
 
 train-rm: setup  ## stage-4's reward models: rm_helpful (pairwise) then rm_safety (pointwise); resumable
 	$(PY) -m pipeline.launch stage=rm_helpful $(ARGS)

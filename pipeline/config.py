@@ -154,6 +154,20 @@ class AlignStageConfig(GRPOStageConfig):
 
 
 @dataclass
+class DistillStageConfig(SFTStageConfig):
+    """`make distill`: SFT of a student (`init_from`) on the dataset of `dataset_from` (R1 §2.4)."""
+
+    kind: str = "distill"
+    module: str = "stages.distill"
+    name: str = "distill"
+    init_from: str = "base"  # the student: any HF causal-LM folder (R1: Qwen / Llama base models)
+    dataset_from: str = "stage3"  # the stage whose manifest names the dataset
+    eval_after: bool = True  # held-out check of the student (data's eval prompts) at the end
+    eval_samples: int = 4
+    eval_max_new_tokens: int = 256
+
+
+@dataclass
 class ReadabilityConfig:
     """R1 §2.3.3: chains of thought that mix languages, run on in long paragraphs, or carry code blocks
     are filtered out of the rejection-sampled data."""
@@ -312,7 +326,7 @@ class Config:
 
 STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageConfig, "grpo": GRPOStageConfig, "rs_sft": RSStageConfig,
                                    "eval": EvalStageConfig, "rm": RMStageConfig,
-                                   "align": AlignStageConfig}
+                                   "align": AlignStageConfig, "distill": DistillStageConfig}
 
 _CHOICES = {
     "model.dtype": {"auto", "fp32", "bf16"},

@@ -30,7 +30,8 @@ MANIFEST = "manifest.json"
 
 # Which make target produces which stage, for "run X first" messages.
 MAKE_TARGETS = {"stage1": "make stage-1", "stage2": "make stage-2", "stage3": "make stage-3", "stage4": "make stage-4",
-               "rm_helpful": "make train-rm", "rm_safety": "make train-rm"}
+               "rm_helpful": "make train-rm", "rm_safety": "make train-rm",
+               "distill": "make distill"}
 
 
 class InputError(RuntimeError):

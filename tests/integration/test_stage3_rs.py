@@ -119,3 +119,19 @@ def test_answers_no_rule_can_verify_go_to_the_judge(runs, warm_tiny_model_dir, t
     assert sum(s["judged"] for s in st) == 4  # the two free-form prompts x 2 samples
     assert sum(s["removed"]["unverifiable"] for s in st) == 0
     assert p.returncode == 0 or "kept no samples" in p.stdout + p.stderr
+
+
+def test_distill_trains_a_student_on_stage3_dataset_and_evaluates_it(reference, runs, tiny_model_dir):
+    cmd = [sys.executable, "-m", "pipeline.launch", "stage=distill", "run_name=ref", f"runs_dir={runs}",
+           f"stage.init_from={tiny_model_dir}", "stage.pack_length=256", "stage.lr=1e-4", "stage.eval_samples=2",
+           "stage.eval_max_new_tokens=16", "data.eval_examples=4", *TINY_TASK, "logger=none", "logger.progress=false"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    manifest = json.loads((runs / "ref" / "distill" / "manifest.json").read_text())
+    stage3 = json.loads((reference / "manifest.json").read_text())
+    info = json.loads(Path(stage3["outputs"]["dataset_info"]).read_text())
+    assert manifest["status"] == "complete" and manifest["inputs"]["dataset"]["sha256"] == info["sha256"]
+    s = manifest["summary"]
+    assert s["rows"] == info["rows"] and s["final_loss"] < s["first_loss"]
+    assert s["student_eval"]["n"] == 4 and 0.0 <= s["student_eval"]["pass@1"] <= 1.0
+    assert (runs / "ref" / "distill" / "export" / "model.safetensors").exists()

@@ -1,0 +1,99 @@
+"""Distillation (R1 §2.4): SFT of a student model on stage-3's dataset, then a held-out check.
+
+R1 distilled its reasoning into Qwen and Llama models with SFT alone (no RL), on the ~800k samples of
+its rejection-sampling stage. Here the student is `stage.init_from` (any HF causal-LM folder; the
+embedded default distils into a fresh copy of the base model), the data is the dataset stage-3
+wrote and named in its manifest (`stage.dataset_from`), and the trainer is the stage-1/3 SFT
+trainer (`pipeline.sft.train_sft`, resumable). After training, the student's export is evaluated on
+the run's held-out RL prompts with `pipeline.evaluate` (greedy accuracy, pass@1 over k samples), and
+the figures go into the manifest; `make eval` compares it with every stage side by side.
+
+    make distill                                           # after make stage-3
+    make distill ARGS="stage.init_from=/models/Qwen2.5-0.5B-Instruct experiment=gpu"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline import dist as dist_lib
+from pipeline import run as run_lib
+from pipeline.sft import train_sft
+
+
+def teacher_dataset(cfg) -> tuple[Path, dict]:
+    """The dataset file named by the `dataset_from` stage's manifest, checked against its hash."""
+    src = cfg.stage.dataset_from
+    parent = config_lib.stage_dir(cfg).parent / src
+    manifest = run_lib.read_manifest(parent)
+    how = run_lib.MAKE_TARGETS.get(src, f"stage {src}")
+    if manifest is None or manifest.get("status") != "complete":
+        raise run_lib.InputError(f"distill needs the dataset of {src} of run '{cfg.run_name}': run `{how}` first")
+    path = Path(manifest["outputs"]["dataset"])
+    info = json.loads(Path(manifest["outputs"]["dataset_info"]).read_text())
+    if data_lib.sha256_file(path) != info["sha256"]:
+        raise data_lib.DataError(f"{path} changed since {src} wrote it (sha256 mismatch with dataset_info.json)")
+    return path, info
+
+
+def evaluate_student(cfg, export: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    from pipeline.evaluate import evaluate_prompts
+    from pipeline.prompts import encode_prompts, load_prompts
+    from pipeline.rewards import RewardContext
+    from pipeline.rollout import VLLMRollout
+    from pipeline.verify import Verifier
+
+    s = cfg.stage
+    tok = AutoTokenizer.from_pretrained(export)
+    records = load_prompts(cfg.data, "eval")
+    ids = encode_prompts(tok, records, cfg.data.system_prompt)
+    engine = VLLMRollout(str(export), max_model_len=max(map(len, ids)) + s.eval_max_new_tokens, seed=s.seed,
+                         dtype="float32")
+    ctx = RewardContext(verifier=Verifier(workers=2))
+    try:
+        m, _ = evaluate_prompts(engine, ids, records, ctx, samples=s.eval_samples, temperature=0.6, top_p=0.95,
+                                max_tokens=s.eval_max_new_tokens, seed=s.seed, stop_ids=[tok.eos_token_id])
+    finally:
+        engine.close()
+        ctx.verifier.close()
+    return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="distillation SFT (started by pipeline.launch)")
+    ap.add_argument("--config", required=True)
+    cfg = config_lib.load(ap.parse_args(argv).config)
+    s = cfg.stage
+    folder = config_lib.stage_dir(cfg)
+    dist = dist_lib.init()
+    student = run_lib.resolve_init(cfg)
+    path, info = teacher_dataset(cfg)
+    t0 = time.time()
+    if dist.is_main:
+        run_lib.update_manifest(folder, stage=s.name, kind="distill", status="running", config=str(folder / "config.yaml"),
+                                inputs={"init": student, "dataset": {"path": str(path), "version": info["version"],
+                                                                     "sha256": info["sha256"]}})
+    rows = [{"messages": r["messages"]} for r in data_lib.read_jsonl(path)]
+    result = train_sft(cfg, dist, student["path"], rows, folder)
+    if dist.is_main:
+        student_eval = evaluate_student(cfg, folder / "export") if s.eval_after else {}
+        run_lib.update_manifest(
+            folder, status="complete",
+            outputs={"export": str(folder / "export"), "metrics": str(folder / "metrics.jsonl"),
+                     "checkpoints": str(folder / "checkpoints")},
+            summary={"steps": result.steps, "first_loss": result.first_loss, "final_loss": result.final_loss,
+                     "rows": len(rows), "student_eval": student_eval, "wall_seconds_this_attempt": time.time() - t0})
+        print(f"{s.name} complete: loss {result.first_loss:.4f} -> {result.final_loss:.4f}; held-out {student_eval}; "
+              f"export: {folder / 'export'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
