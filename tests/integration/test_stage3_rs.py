@@ -123,7 +123,8 @@ def test_answers_no_rule_can_verify_go_to_the_judge(runs, warm_tiny_model_dir, t
 
 def test_distill_trains_a_student_on_stage3_dataset_and_evaluates_it(reference, runs, tiny_model_dir):
     cmd = [sys.executable, "-m", "pipeline.launch", "stage=distill", "run_name=ref", f"runs_dir={runs}",
-           f"stage.init_from={tiny_model_dir}", "stage.pack_length=256", "stage.lr=1e-4", "stage.eval_samples=2",
+           f"stage.init_from={tiny_model_dir}", "stage.pack_length=256", "stage.lr=1e-3", "stage.epochs=4",
+           "stage.warmup_steps=0", "stage.eval_samples=2",
            "stage.eval_max_new_tokens=16", "data.eval_examples=4", *TINY_TASK, "logger=none", "logger.progress=false"]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

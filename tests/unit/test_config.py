@@ -72,3 +72,20 @@ def test_gpu_experiment_sets_gpu_sizes():
     assert cfg.launcher.accelerator == "cuda"
     assert cfg.data.num_examples >= 1000
     assert cfg.deepspeed.zero_stage == 2
+
+
+@pytest.mark.parametrize("stage_file", sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml")))
+def test_every_stage_field_can_be_overridden_from_the_command_line(stage_file):
+    """Hydra only overrides keys the composed YAML has: each stage file must list its schema's fields."""
+    import dataclasses
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from pipeline.config import STAGE_SCHEMAS
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        raw = hydra_compose(config_name="config", overrides=[f"stage={stage_file}"])
+    schema = STAGE_SCHEMAS[raw.stage.kind]
+    missing = [f.name for f in dataclasses.fields(schema) if f.name not in raw.stage]
+    assert not missing, f"conf/stage/{stage_file}.yaml lacks {missing}"
