@@ -158,5 +158,13 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> str:
     return sha256_file(path)
 
 
+def write_json(obj, path: Path) -> None:
+    """Write one JSON document atomically (tmp + rename): readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [r for _, r in _read_jsonl(path)]

@@ -84,3 +84,33 @@ def evaluate_prompts(rollout, prompt_ids: list[list[int]], records: list[dict], 
 def _mean(xs) -> float:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else 0.0
+
+
+def evaluate_model(model_path: str, benchmarks: dict[str, list[dict]], ctx: RewardContext, *, system_prompt: str,
+                   samples: int, temperature: float, top_p: float, max_tokens: int, seed: int, greedy: bool = True,
+                   gpu_memory_utilization: float = 0.8, cpu_kv_cache_gb: int = 2):
+    """Yield (benchmark, metrics, rows) for each benchmark, with one vLLM engine for the model."""
+    import time
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.prompts import encode_prompts
+    from pipeline.rollout import VLLMRollout
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    encoded = {name: encode_prompts(tokenizer, records, system_prompt) for name, records in benchmarks.items()}
+    max_len = max(len(p) for ids in encoded.values() for p in ids) + max_tokens
+    engine = VLLMRollout(model_path, max_model_len=max_len, seed=seed,
+                         dtype="auto" if torch.cuda.is_available() else "float32",
+                         gpu_memory_utilization=gpu_memory_utilization, cpu_kv_cache_gb=cpu_kv_cache_gb)
+    try:
+        for name, records in benchmarks.items():
+            t0 = time.perf_counter()
+            metrics, rows = evaluate_prompts(engine, encoded[name], records, ctx, samples=samples,
+                                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                                             stop_ids=[tokenizer.eos_token_id], greedy=greedy)
+            metrics["seconds"] = time.perf_counter() - t0
+            yield name, metrics, rows
+    finally:
+        engine.close()

@@ -42,26 +42,18 @@ def teacher_dataset(cfg) -> tuple[Path, dict]:
 
 
 def evaluate_student(cfg, export: Path) -> dict:
-    from transformers import AutoTokenizer
-
-    from pipeline.evaluate import evaluate_prompts
-    from pipeline.prompts import encode_prompts, load_prompts
+    from pipeline.evaluate import evaluate_model
+    from pipeline.prompts import load_prompts
     from pipeline.rewards import RewardContext
-    from pipeline.rollout import VLLMRollout
     from pipeline.verify import Verifier
 
     s = cfg.stage
-    tok = AutoTokenizer.from_pretrained(export)
-    records = load_prompts(cfg.data, "eval")
-    ids = encode_prompts(tok, records, cfg.data.system_prompt)
-    engine = VLLMRollout(str(export), max_model_len=max(map(len, ids)) + s.eval_max_new_tokens, seed=s.seed,
-                         dtype="float32")
     ctx = RewardContext(verifier=Verifier(workers=2))
     try:
-        m, _ = evaluate_prompts(engine, ids, records, ctx, samples=s.eval_samples, temperature=0.6, top_p=0.95,
-                                max_tokens=s.eval_max_new_tokens, seed=s.seed, stop_ids=[tok.eos_token_id])
+        ((_, m, _),) = evaluate_model(str(export), {"heldout": load_prompts(cfg.data, "eval")}, ctx,
+                                      system_prompt=cfg.data.system_prompt, samples=s.eval_samples, temperature=0.6,
+                                      top_p=0.95, max_tokens=s.eval_max_new_tokens, seed=s.seed)
     finally:
-        engine.close()
         ctx.verifier.close()
     return {k: v for k, v in m.items() if isinstance(v, (int, float))}
 

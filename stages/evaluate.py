@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -29,8 +28,8 @@ from omegaconf import OmegaConf
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline import run as run_lib
-from pipeline.evaluate import evaluate_prompts
-from pipeline.prompts import encode_prompts, iter_file, iter_reasoning_gym
+from pipeline.evaluate import evaluate_model
+from pipeline.prompts import iter_file, iter_reasoning_gym
 from pipeline.rewards import RewardContext
 from pipeline.verify import Verifier
 
@@ -81,13 +80,6 @@ def signature(cfg, src: dict, name: str) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def markdown_table(results: dict, benchmarks: list[str], k: int) -> str:
     cols = [c.format(k=k) for c in TABLE_METRICS]
     lines = []
@@ -113,17 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = {name: load_benchmark(name, s.catalog[name]) for name in s.benchmarks}
     run_lib.update_manifest(folder, stage=s.name, kind="eval", status="running", config=str(folder / "config.yaml"),
                             inputs={"models": {label: src["path"] for label, src in models}})
-    import torch
-    from transformers import AutoTokenizer
-
-    from pipeline.rollout import VLLMRollout
-
-    cuda = torch.cuda.is_available()
     ctx = RewardContext(verifier=Verifier(workers=s.verifier_workers))
     results: dict[str, dict] = {}
     for label, src in models:
         results[label] = {}
-        todo = []
+        todo = {}
         for name in s.benchmarks:
             path = folder / "results" / label / f"{name}.json"
             sig = signature(cfg, src, name)
@@ -132,28 +118,22 @@ def main(argv: list[str] | None = None) -> int:
                 results[label][name] = cached["metrics"]
                 print(f"eval: {label} on {name}: cached ({path})", flush=True)
             else:
-                todo.append((name, path, sig))
+                todo[name] = (path, sig)
         if not todo:
             continue
-        tokenizer = AutoTokenizer.from_pretrained(src["path"])
-        encoded = {name: encode_prompts(tokenizer, benchmarks[name], cfg.data.system_prompt) for name, _, _ in todo}
-        max_len = max(len(p) for ids in encoded.values() for p in ids) + s.max_new_tokens
-        engine = VLLMRollout(src["path"], max_model_len=max_len, seed=s.seed, dtype="auto" if cuda else "float32",
-                             gpu_memory_utilization=s.gpu_memory_utilization, cpu_kv_cache_gb=s.cpu_kv_cache_gb)
-        for name, path, sig in todo:
-            t0 = time.perf_counter()
-            metrics, rows = evaluate_prompts(engine, encoded[name], benchmarks[name], ctx, samples=s.samples,
-                                             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-                                             seed=s.seed, stop_ids=[tokenizer.eos_token_id], greedy=s.greedy)
-            metrics["seconds"] = time.perf_counter() - t0
+        for name, metrics, rows in evaluate_model(
+                src["path"], {name: benchmarks[name] for name in todo}, ctx, system_prompt=cfg.data.system_prompt,
+                samples=s.samples, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
+                seed=s.seed, greedy=s.greedy, gpu_memory_utilization=s.gpu_memory_utilization,
+                cpu_kv_cache_gb=s.cpu_kv_cache_gb):
+            path, sig = todo[name]
             data_lib.write_jsonl(rows, path.with_suffix(".rows.jsonl"))
-            write_json({"signature": sig, "model": src["path"], "benchmark": name, "metrics": metrics}, path)
+            data_lib.write_json({"signature": sig, "model": src["path"], "benchmark": name, "metrics": metrics}, path)
             results[label][name] = metrics
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(f"eval: {label} on {name} ({metrics['n']} prompts): {shown}", flush=True)
-        engine.close()
     ctx.verifier.close()
-    write_json(results, folder / "results.json")
+    data_lib.write_json(results, folder / "results.json")
     table = markdown_table(results, list(s.benchmarks), s.samples)
     (folder / "results.md").write_text(f"# Evaluation of run `{cfg.run_name}`\n\n{table}")
     run_lib.update_manifest(folder, status="complete", outputs={"results": str(folder / "results.json"),

@@ -62,12 +62,6 @@ def shard_done(folder: Path, i: int) -> bool:
     return shard_path(folder, i).with_suffix(".stats.json").exists()
 
 
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def verdicts(records: list[dict], groups, ctx: RewardContext, judge: Judge | None) -> tuple[list, list, int]:
     """Per-sample correctness (None = nobody could verify it) and format, via the reward registry."""
     texts = [c.text for g in groups for c in g]
@@ -150,7 +144,7 @@ def generate_shards(cfg, dist, model_path: str, folder: Path) -> None:
         path = shard_path(folder, i)
         data_lib.write_jsonl(rows, path)
         gen_tokens = sum(len(c.token_ids) for g in groups for c in g)
-        write_json({**stats.to_dict(), "shard": i, "first_prompt": start, "seconds": time.perf_counter() - t0,
+        data_lib.write_json({**stats.to_dict(), "shard": i, "first_prompt": start, "seconds": time.perf_counter() - t0,
                     "generate_seconds": t_gen, "tok_per_s": gen_tokens / max(t_gen, 1e-9)},
                    path.with_suffix(".stats.json"))
         bar.update(len(shard))
@@ -217,12 +211,12 @@ def build_dataset(cfg, folder: Path) -> dict:
     stats.update(shards=len(shards), reasoning_rows=len(reasoning), general_rows=len(general),
                  general_ratio_requested=s.general.ratio, sampling_seconds=seconds,
                  rollout_tok_per_s=tokens / max(gen_seconds, 1e-9))
-    write_json(stats, out / "stats.json")
+    data_lib.write_json(stats, out / "stats.json")
     info = {"version": f"{cfg.run_name}-{s.name}-{digest[:12]}", "sha256": digest, "rows": len(rows),
             "files": {"train": "train.jsonl", "stats": "stats.json"}, "generator": str(s.init_from),
             "samples_per_prompt": s.samples_per_prompt, "readability": OmegaConf.to_container(s.readability),
             "general": OmegaConf.to_container(s.general), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json(info, out / "dataset_info.json")
+    data_lib.write_json(info, out / "dataset_info.json")
     return info
 
 

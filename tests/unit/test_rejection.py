@@ -97,7 +97,7 @@ def test_dataset_mixes_general_data_and_loads_with_datasets(tmp_path):
     import datasets
 
     from pipeline import data as data_lib
-    from stages.stage3_rs import build_dataset, shard_path, write_json
+    from stages.stage3_rs import build_dataset, shard_path
 
     cfg = compose(["stage=stage3", f"runs_dir={tmp_path}", "stage.general.ratio=0.5"])
     recs = [{"id": str(i), "question": f"{i}+1?", "answer": str(i + 1), "task": "chain_sum"} for i in range(6)]
@@ -106,7 +106,7 @@ def test_dataset_mixes_general_data_and_loads_with_datasets(tmp_path):
         groups = [[C(GOOD.replace("5", str(int(r["answer"]))))] for r in part]
         rows, st = select(part, groups, [[True]] * 3, [[True]] * 3, cfg.stage, "en", "SYS")
         data_lib.write_jsonl(rows, shard_path(tmp_path, shard))
-        write_json({**st.to_dict(), "seconds": 1.0, "generate_seconds": 1.0, "tok_per_s": 30.0},
+        data_lib.write_json({**st.to_dict(), "seconds": 1.0, "generate_seconds": 1.0, "tok_per_s": 30.0},
                    shard_path(tmp_path, shard).with_suffix(".stats.json"))
     info = build_dataset(cfg, tmp_path)
     out = tmp_path / "data" / "dataset"
