@@ -123,7 +123,7 @@ class GRPOStageConfig:
     language: str = "en"  # target language of the chain of thought
     verifier_workers: int = 2
     max_tokens_per_forward: int = 1024  # trainer packs sequences into rows of at most this many tokens
-    eval_every: int = 5  # held-out evaluation every N steps (and before the first step)
+    eval_every: int = 5  # held-out evaluation every N steps, before the first and after the last; 0 = off
     eval_samples: int = 4  # pass@1 is averaged over this many samples per held-out prompt (0 = greedy only)
     eval_temperature: float = 0.6  # R1's evaluation sampling: T 0.6, top-p 0.95
     eval_top_p: float = 0.95

@@ -6,6 +6,10 @@
 * pass@k   - unbiased estimator from the same k samples (`maths.pass_at_k`).
 * cons@k   - majority vote over the k samples' final answers (`maths.majority_vote`); the voted
              answer is correct if the samples that gave it were verified correct.
+* lenient  - greedy answers judged by their last number alone, with no format required
+             (`last_number_correct`). A read-out for models that do not write `\boxed{}` (the base
+             model, a student early in training), so a gain is not just the format being learnt. Only
+             numeric gold answers count; the strict metrics above are the ones RL and R1 use.
 
 Answers are checked by the reward registry's accuracy function (the same verifiers as RL), so eval
 and reward can never disagree about what is correct. Used by the RL stages' periodic evaluation and
@@ -36,6 +40,19 @@ def vote_key(completion: str) -> Optional[str]:
         return key or None
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number_correct(completion: str, gold: str) -> Optional[bool]:
+    """Is the last number in `completion` equal to a numeric `gold`? None when gold is not a number."""
+    try:
+        target = float(str(gold).replace(",", "").strip())
+    except ValueError:
+        return None
+    found = _NUMBER.findall(completion.replace(",", ""))
+    return bool(found) and abs(float(found[-1]) - target) < 1e-9
+
+
 def evaluate_prompts(rollout, prompt_ids: list[list[int]], records: list[dict], ctx: RewardContext, *,
                      samples: int, temperature: float, top_p: float, max_tokens: int, seed: int,
                      stop_ids: list[int], greedy: bool = True) -> tuple[dict, list[dict]]:
@@ -50,6 +67,9 @@ def evaluate_prompts(rollout, prompt_ids: list[list[int]], records: list[dict], 
         _, parts = score(texts, records, {"accuracy": 1.0, "format": 1.0}, ctx)
         metrics.update(greedy_accuracy=_mean(parts["accuracy"]), greedy_format=_mean(parts["format"]),
                        greedy_len_mean=_mean([len(g[0].token_ids) for g in outs]))
+        lenient = [last_number_correct(t, r["answer"]) for t, r in zip(texts, records)]
+        if any(v is not None for v in lenient):
+            metrics["greedy_lenient"] = _mean(v for v in lenient if v is not None)
         for row, text, ok in zip(rows, texts, parts["accuracy"]):
             row.update(greedy=text, greedy_correct=bool(ok))
     if samples > 0:

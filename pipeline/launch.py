@@ -122,9 +122,9 @@ def launch(overrides: list[str]) -> int:
         for model in cfg.stage.get("models", []):  # evaluation: every named model must exist
             if model != "auto":
                 run_lib.resolve_source(cfg, model, "stage.models", cfg.stage.name)
-        for name, model in cfg.stage.get("reward_models", {}).items():  # stage-4's reward models
-            if name in cfg.stage.rm_rewards:
-                run_lib.resolve_source(cfg, model, f"stage.reward_models.{name}", cfg.stage.name)
+        for reward, model in cfg.stage.get("reward_models", {}).items():  # stage-4's reward models
+            if reward in cfg.stage.rm_rewards:
+                run_lib.resolve_source(cfg, model, f"stage.reward_models.{reward}", cfg.stage.name)
         acc, nproc = _accelerator(cfg)
     except (run_lib.InputError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

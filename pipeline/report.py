@@ -95,6 +95,10 @@ def plot_rl(run_dir: Path, stage: str, out: Path) -> Path | None:
     return path
 
 
+EVAL_LABELS = {"greedy_accuracy": "greedy (R1 format, verified)", "greedy_lenient": "greedy, last number (no format)",
+               "pass@1": "pass@1 (T=0.6)"}
+
+
 def plot_eval(run_dir: Path, out: Path) -> Path | None:
     f = run_dir / "eval" / "results.json"
     if not f.exists():
@@ -107,13 +111,14 @@ def plot_eval(run_dir: Path, out: Path) -> Path | None:
     models = list(results)
     fig, axes = plt.subplots(1, len(benches), figsize=(max(6, 2 + 1.6 * len(models)) * len(benches), 4), squeeze=False)
     for ax, bench in zip(axes[0], benches):
-        metrics = [m for m in ("greedy_accuracy", "pass@1") if any(m in results[x].get(bench, {}) for x in models)]
+        metrics = [m for m in ("greedy_accuracy", "greedy_lenient", "pass@1")
+                   if any(m in results[x].get(bench, {}) for x in models)]
         cons = next((k for x in models for k in results[x].get(bench, {}) if k.startswith("cons@")), None)
         metrics += [cons] if cons else []
         width = 0.8 / max(1, len(metrics))
         for j, metric in enumerate(metrics):
             vals = [100 * results[x].get(bench, {}).get(metric, 0.0) for x in models]
-            bars = ax.bar([i + j * width for i in range(len(models))], vals, width, label=metric)
+            bars = ax.bar([i + j * width for i in range(len(models))], vals, width, label=EVAL_LABELS.get(metric, metric))
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
         ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(models))], models)
         ax.set(ylabel="accuracy (%)", title=f"{bench}", ylim=(0, 100))

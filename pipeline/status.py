@@ -58,10 +58,18 @@ def _fmt(v) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Reads run_name= and runs_dir=; other config overrides are accepted and ignored, so the ARGS of a
+    `make pipeline` can be passed unchanged. An unknown top-level key is still an error (a typo)."""
+    from dataclasses import fields
+
+    from pipeline.config import Config
+
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = set(opts) - {"run_name", "runs_dir"}
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(k for k in opts if k.lstrip("+~").split(".")[0] not in known)
     if unknown:
-        print(f"error: make status takes run_name= and runs_dir= only (got {sorted(unknown)})", file=sys.stderr)
+        print(f"error: make status: unknown config key(s) {unknown}; it reads run_name= and runs_dir=",
+              file=sys.stderr)
         return 2
     run_dir = absolute(opts.get("runs_dir", "runs")) / opts.get("run_name", "default")
     print(table(run_dir))

@@ -34,7 +34,8 @@ from pipeline.rewards import RewardContext
 from pipeline.verify import Verifier
 
 STAGE_ORDER = ("stage1", "stage2", "stage3", "stage4", "distill")
-TABLE_METRICS = ("greedy_accuracy", "pass@1", "cons@{k}", "pass@{k}", "sample_len_mean")
+TABLE_METRICS = ("greedy_accuracy", "greedy_lenient", "greedy_format", "pass@1", "cons@{k}", "pass@{k}",
+                 "sample_len_mean")
 
 
 def models_to_evaluate(cfg) -> list[tuple[str, dict]]:
@@ -81,7 +82,7 @@ def signature(cfg, src: dict, name: str) -> str:
 
 
 def markdown_table(results: dict, benchmarks: list[str], k: int) -> str:
-    cols = [c.format(k=k) for c in TABLE_METRICS]
+    cols = [c.format(k=k) for c in TABLE_METRICS if k > 0 or "{k}" not in c and c not in ("pass@1", "sample_len_mean")]
     lines = []
     for bench in benchmarks:
         lines += [f"**{bench}**", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

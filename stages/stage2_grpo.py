@@ -102,7 +102,7 @@ def run_grpo(cfg, dist, init: dict, model, tokenizer, pools: list[PromptPool], c
     logger = MetricsLogger(folder / "metrics.jsonl", cfg, step, enabled=dist.is_main)
     history = [r for r in read_metrics(folder / "metrics.jsonl") if r.get("step", 0) <= step] \
         if (folder / "metrics.jsonl").exists() else []
-    if step == 0 and dist.is_main:
+    if step == 0 and dist.is_main and s.eval_every > 0:
         logger.log(0, evaluate(rollout, eval_ids, eval_records, ctx, cfg, stop_ids))
     bar = tqdm(total=s.steps, initial=step, desc=s.name, unit="step", disable=not (dist.is_main and cfg.logger.progress))
     while step < s.steps:
@@ -134,7 +134,7 @@ def run_grpo(cfg, dist, init: dict, model, tokenizer, pools: list[PromptPool], c
             m.update({f"time_score/{name}": b.score_seconds for name, b in batches})
         if step_hook is not None:
             m.update(step_hook(step, m, history))
-        if dist.is_main and (step % s.eval_every == 0 or step == s.steps):
+        if dist.is_main and s.eval_every > 0 and (step % s.eval_every == 0 or step == s.steps):
             m.update(evaluate(rollout, eval_ids, eval_records, ctx, cfg, stop_ids))
         logger.log(step, m)
         history.append({"step": step, **m})

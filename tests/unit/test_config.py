@@ -89,3 +89,25 @@ def test_every_stage_field_can_be_overridden_from_the_command_line(stage_file):
     schema = STAGE_SCHEMAS[raw.stage.kind]
     missing = [f.name for f in dataclasses.fields(schema) if f.name not in raw.stage]
     assert not missing, f"conf/stage/{stage_file}.yaml lacks {missing}"
+
+
+STAGES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", ["cpu_fast", "smoke"])
+def test_whole_pipeline_presets_compose_for_every_stage(experiment):
+    """`experiment=X` also applies conf/preset/X/<stage>.yaml, so one ARGS sizes every stage of
+    `make pipeline`; a preset file with a key its stage lacks fails here."""
+    files = {p.stem for p in (CONF_DIR / "preset" / experiment).glob("*.yaml")}
+    assert files and files <= set(STAGES), files - set(STAGES)
+    for stage in STAGES:
+        assert compose([f"stage={stage}", f"experiment={experiment}"]).experiment == experiment
+
+
+def test_cpu_fast_preset_sizes_each_stage_and_yields_to_the_command_line():
+    assert compose(["stage=stage2"]).stage.steps == 10  # the plain CPU default is untouched
+    fast = compose(["stage=stage2", "experiment=cpu_fast"]).stage
+    assert fast.steps == 3 and fast.eval_every == 0
+    assert compose(["stage=stage1", "experiment=cpu_fast"]).data.num_examples < compose(["stage=stage1"]).data.num_examples
+    assert compose(["stage=eval", "experiment=cpu_fast"]).stage.samples == 0
+    assert compose(["stage=stage2", "experiment=cpu_fast", "stage.steps=7"]).stage.steps == 7

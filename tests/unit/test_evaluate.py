@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, compose
-from pipeline.evaluate import evaluate_prompts, vote_key
+from pipeline.evaluate import evaluate_prompts, last_number_correct, vote_key
 from pipeline.maths import majority_vote, pass_at_k
 from pipeline.rewards import RewardContext
 from pipeline.rollout import Completion
@@ -78,9 +78,43 @@ def test_markdown_table_puts_models_side_by_side():
                                     "sample_len_mean": 90.0}},
                "stage1": {"heldout": {"greedy_accuracy": 0.5, "pass@1": 0.4, "cons@4": 0.5, "pass@4": 0.8,
                                       "sample_len_mean": 120.0}}}
+    results["base"]["heldout"].update(greedy_lenient=0.25, greedy_format=0.0)
     table = markdown_table(results, ["heldout"], 4)
-    assert "| base | 10.0% | 5.0% | 10.0% | 20.0% | 90 |" in table
-    assert "| stage1 | 50.0% | 40.0% | 50.0% | 80.0% | 120 |" in table
+    assert "| model | greedy_accuracy | greedy_lenient | greedy_format | pass@1 | cons@4 | pass@4 |" in table
+    assert "| base | 10.0% | 25.0% | 0.0% | 5.0% | 10.0% | 20.0% | 90 |" in table
+    assert "| stage1 | 50.0% | - | - | 40.0% | 50.0% | 80.0% | 120 |" in table
+
+
+def test_markdown_table_without_samples_has_greedy_columns_only():
+    results = {"base": {"heldout": {"greedy_accuracy": 0.0, "greedy_lenient": 0.04, "greedy_format": 0.0}}}
+    table = markdown_table(results, ["heldout"], 0)
+    assert "| model | greedy_accuracy | greedy_lenient | greedy_format |" in table
+    assert "| base | 0.0% | 4.0% | 0.0% |" in table and "@0" not in table
+
+
+@pytest.mark.parametrize("text,gold,expected", [
+    ("So the answer is 23.", "23", True),
+    ("5 + 7 = 12, then 12 - 3 = 9. The result is 9.", "9", True),
+    ("The difference is 23 - 92 = 23.", "69", False),
+    ("-27 + 41 = -14", "14", False),  # sign matters
+    ("Total: 1,024 apples", "1024", True),  # thousands separator
+    ("it is 2.50", "2.5", True),
+    ("no digits here", "7", False),
+    ("\\boxed{7}", "seven", None),  # a non-numeric gold is not judged
+])
+def test_last_number_correct(text, gold, expected):
+    assert last_number_correct(text, gold) is expected
+
+
+def test_greedy_lenient_counts_right_numbers_without_format():
+    records = [{"id": "a", "question": "1+1", "answer": "2", "task": "math", "entry": None},
+               {"id": "b", "question": "2+2", "answer": "4", "task": "math", "entry": None}]
+    boxed5 = "<think>\n2 + 2\n</think>\n\nThe answer is \\boxed{5}."  # format right, answer wrong
+    engine = ScriptedEngine(greedy=["1 + 1 makes 2.", boxed5], sampled=[])
+    ctx = RewardContext(verifier=Verifier(workers=1))
+    m, _ = evaluate_prompts(engine, [[1], [2]], records, ctx, samples=0, temperature=0.6, top_p=0.95,
+                            max_tokens=8, seed=0, stop_ids=[0])
+    assert m["greedy_accuracy"] == 0.0 and m["greedy_lenient"] == 0.5 and "pass@1" not in m
 
 
 def test_eval_config_rejects_unknown_benchmark():
