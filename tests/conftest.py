@@ -55,11 +55,11 @@ def clean_env(monkeypatch):
 
 
 def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0, p_correct: float = 0.0,
-               lr: float = 3e-3) -> Path:
+               lr: float = 3e-3, task: list[str] | None = None) -> Path:
     """Teach a tiny random model the R1 format with plain SFT, so an RL test starts from a policy that
     answers in the expected place (a random-token policy never earns any reward at all). A fraction
     `p_correct` of the SFT answers is the true sum, the rest random: the policy then puts some mass on
-    the right answer and RL has something to sharpen."""
+    the right answer and RL has something to sharpen. `task`: data overrides (default `TINY_TASK`)."""
     import random
 
     import torch
@@ -70,7 +70,7 @@ def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0,
     from pipeline.packing import collate, tokenize_chat
     from pipeline.prompts import load_prompts
 
-    cfg = compose(["stage=stage2", "data.num_examples=256"] + TINY_TASK)
+    cfg = compose(["stage=stage2", "data.num_examples=256"] + (TINY_TASK if task is None else task))
     rng = random.Random(seed)
     examples = []
     for r in load_prompts(cfg.data, "train"):

@@ -55,8 +55,6 @@ def test_every_config_file_composes(group):
     for opt in options:
         extra = {"hf": ["model.path=/tmp/m"], "file": ["data.path=/tmp/d.jsonl"], "hub": ["data.hub_id=a/b"]}
         extra = extra.get(opt, []) if group in ("model", "data") else []
-        if opt == "gpu_rl":
-            extra = ["stage=stage2"]
         cfg = compose([f"{group}={opt}", *extra])
         assert cfg is not None
 
@@ -67,11 +65,14 @@ def test_hydra_does_not_change_directory():
     assert REPO_ROOT.exists()
 
 
-def test_gpu_experiment_sets_gpu_sizes():
+def test_gpu_experiment_sets_gpu_sizes_for_every_stage():
     cfg = compose(["experiment=gpu"])
     assert cfg.launcher.accelerator == "cuda"
     assert cfg.data.num_examples >= 1000
     assert cfg.deepspeed.zero_stage == 2
+    rl = compose(["stage=stage2", "experiment=gpu"]).stage
+    assert rl.group_size == 16 and rl.prompts_per_step == 64 and rl.num_minibatches == 4
+    assert compose(["stage=stage4", "experiment=gpu"]).stage.general_last_steps < rl.steps
 
 
 @pytest.mark.parametrize("stage_file", sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml")))
@@ -94,7 +95,7 @@ def test_every_stage_field_can_be_overridden_from_the_command_line(stage_file):
 STAGES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", ["cpu_fast", "smoke"])
+@pytest.mark.parametrize("experiment", ["cpu_fast", "smoke", "gpu"])
 def test_whole_pipeline_presets_compose_for_every_stage(experiment):
     """`experiment=X` also applies conf/preset/X/<stage>.yaml, so one ARGS sizes every stage of
     `make pipeline`; a preset file with a key its stage lacks fails here."""
