@@ -36,6 +36,14 @@ def _series(recs: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _line(ax, recs: list[dict], key: str, **kw) -> None:
+    """Plot one metric over steps; a metric the run never logged (e.g. eval with eval_every=0) gets no
+    line and no legend entry."""
+    xs, ys = _series(recs, key)
+    if xs:
+        ax.plot(xs, ys, **kw)
+
+
 def plot_sft(run_dir: Path, out: Path) -> Path | None:
     stages = [s for s in SFT_STAGES if (run_dir / s / "metrics.jsonl").exists()]
     if not stages:
@@ -69,9 +77,9 @@ def plot_rl(run_dir: Path, stage: str, out: Path) -> Path | None:
     ax.set(xlabel="RL step", ylabel="mean reward per sample", title="Reward by component")
     ax.legend(fontsize=8)
     ax = axes[0][1]
-    ax.plot(*_series(recs, "accuracy"), marker=".", label="training samples (T=rollout)")
-    ax.plot(*_series(recs, "eval/greedy_accuracy"), marker="o", label="held-out, greedy")
-    ax.plot(*_series(recs, "eval/pass@1"), marker="s", label="held-out, pass@1 (T=0.6)")
+    _line(ax, recs, "accuracy", marker=".", label="training samples (T=rollout)")
+    _line(ax, recs, "eval/greedy_accuracy", marker="o", label="held-out, greedy")
+    _line(ax, recs, "eval/pass@1", marker="s", label="held-out, pass@1 (T=0.6)")
     ax.set(xlabel="RL step", ylabel="accuracy (fraction correct)", title="Accuracy", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1][0]
