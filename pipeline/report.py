@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.config import ConfigError
 from pipeline.metrics import read_metrics
-from pipeline.paths import absolute
+from pipeline.run import run_dir_from_args
 
 SFT_STAGES = ("stage1", "stage3", "distill")
 RL_STAGES = ("stage2", "stage4")
@@ -163,8 +164,11 @@ def build(run_dir: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    run_dir = absolute(opts.get("runs_dir", "runs")) / opts.get("run_name", "default")
+    try:
+        run_dir = run_dir_from_args(argv, "make report")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not run_dir.exists():
         print(f"error: no run folder {run_dir}", file=sys.stderr)
         return 2

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from pipeline.config import stage_dir
+from pipeline.config import Config, ConfigError, stage_dir
 from pipeline.paths import absolute
 
 MANIFEST = "manifest.json"
@@ -101,3 +102,15 @@ def resolve_source(cfg: DictConfig, src: str, key: str, who: str) -> dict:
     if not (path / "config.json").exists():
         raise InputError(f"config key '{key}': {path} is not an HF model folder (no config.json)")
     return {"kind": "path", "path": str(path)}
+
+
+def run_dir_from_args(argv: list[str], who: str) -> Path:
+    """The run folder named by `run_name=`/`runs_dir=` among a make target's ARGS (`make status`,
+    `make report`). Other config overrides are accepted and ignored, so the ARGS of a `make pipeline`
+    can be passed unchanged; an unknown top-level key is still an error (a typo)."""
+    opts = dict(a.split("=", 1) for a in argv if "=" in a)
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(k for k in opts if k.lstrip("+~").split(".")[0] not in known)
+    if unknown:
+        raise ConfigError(f"{who}: unknown config key(s) {unknown}; it reads run_name= and runs_dir=")
+    return absolute(opts.get("runs_dir", "runs")) / opts.get("run_name", "default")

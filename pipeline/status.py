@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.paths import absolute
-from pipeline.run import read_manifest
+from pipeline.config import ConfigError
+from pipeline.run import read_manifest, run_dir_from_args
 
 ORDER = ("stage1", "stage2", "stage3", "rm_helpful", "rm_safety", "stage4", "eval")
 STALE_SECONDS = 3600
@@ -58,20 +58,11 @@ def _fmt(v) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Reads run_name= and runs_dir=; other config overrides are accepted and ignored, so the ARGS of a
-    `make pipeline` can be passed unchanged. An unknown top-level key is still an error (a typo)."""
-    from dataclasses import fields
-
-    from pipeline.config import Config
-
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(k for k in opts if k.lstrip("+~").split(".")[0] not in known)
-    if unknown:
-        print(f"error: make status: unknown config key(s) {unknown}; it reads run_name= and runs_dir=",
-              file=sys.stderr)
+    try:
+        run_dir = run_dir_from_args(argv, "make status")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    run_dir = absolute(opts.get("runs_dir", "runs")) / opts.get("run_name", "default")
     print(table(run_dir))
     return 0
 

@@ -36,6 +36,7 @@ from pipeline.verify import Verifier
 STAGE_ORDER = ("stage1", "stage2", "stage3", "stage4", "distill")
 TABLE_METRICS = ("greedy_accuracy", "greedy_lenient", "greedy_format", "pass@1", "cons@{k}", "pass@{k}",
                  "sample_len_mean")
+SAMPLED_METRICS = {"pass@1", "cons@{k}", "pass@{k}", "sample_len_mean"}  # absent when stage.samples == 0
 
 
 def models_to_evaluate(cfg) -> list[tuple[str, dict]]:
@@ -82,7 +83,7 @@ def signature(cfg, src: dict, name: str) -> str:
 
 
 def markdown_table(results: dict, benchmarks: list[str], k: int) -> str:
-    cols = [c.format(k=k) for c in TABLE_METRICS if k > 0 or "{k}" not in c and c not in ("pass@1", "sample_len_mean")]
+    cols = [c.format(k=k) for c in TABLE_METRICS if k > 0 or c not in SAMPLED_METRICS]
     lines = []
     for bench in benchmarks:
         lines += [f"**{bench}**", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

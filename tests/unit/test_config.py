@@ -6,6 +6,8 @@ from omegaconf import OmegaConf
 from pipeline.config import ConfigError, compose, validate
 from pipeline.paths import CONF_DIR, REPO_ROOT
 
+STAGES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
+
 
 def test_defaults_compose_and_resolve_paths():
     cfg = compose([])
@@ -75,7 +77,7 @@ def test_gpu_experiment_sets_gpu_sizes_for_every_stage():
     assert compose(["stage=stage4", "experiment=gpu"]).stage.general_last_steps < rl.steps
 
 
-@pytest.mark.parametrize("stage_file", sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml")))
+@pytest.mark.parametrize("stage_file", STAGES)
 def test_every_stage_field_can_be_overridden_from_the_command_line(stage_file):
     """Hydra only overrides keys the composed YAML has: each stage file must list its schema's fields."""
     import dataclasses
@@ -90,9 +92,6 @@ def test_every_stage_field_can_be_overridden_from_the_command_line(stage_file):
     schema = STAGE_SCHEMAS[raw.stage.kind]
     missing = [f.name for f in dataclasses.fields(schema) if f.name not in raw.stage]
     assert not missing, f"conf/stage/{stage_file}.yaml lacks {missing}"
-
-
-STAGES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", ["cpu_fast", "smoke", "gpu"])

@@ -25,3 +25,15 @@ def test_states_and_key_figures(tmp_path):
     write_manifest(run / "stage2_try", {"status": "complete", "summary": {}})
     assert "| stage2_try | complete |" in table(run)  # extra stages of the run are listed too
     assert json.loads((run / "stage1" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_run_dir_from_args_reads_a_pipelines_args_and_rejects_typos(tmp_path):
+    import pytest
+
+    from pipeline.config import ConfigError
+    from pipeline.run import run_dir_from_args
+
+    args = [f"runs_dir={tmp_path}", "run_name=x", "experiment=cpu_fast", "stage.lr=1e-5", "+data.foo=1"]
+    assert run_dir_from_args(args, "make status") == tmp_path / "x"
+    with pytest.raises(ConfigError, match=r"make report: unknown config key\(s\) \['run_nmae'\]"):
+        run_dir_from_args(["run_nmae=x"], "make report")
