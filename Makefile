@@ -1,5 +1,5 @@
 # r1-pipeline. `make help` lists the targets; ARGS passes Hydra overrides to a stage:
-#   make stage-1 ARGS="stage.lr=5e-5 run_name=exp1"
+#   make stage-1 ARGS="stage.optim.lr=5e-5 run_name=exp1"
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
 INSTALLED := $(VENV)/.installed
 BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
 
-.PHONY: help setup pipeline status report distill stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
+.PHONY: help lint format setup pipeline status report distill stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -20,38 +20,46 @@ $(INSTALLED): pyproject.toml scripts/setup.sh
 	touch $@
 
 $(BASE_MODEL): $(INSTALLED)
-	$(PY) -m pipeline.model_prep
+	$(PY) -m pipeline.run.model_prep
 
 stage-1: setup  ## stage 1: cold-start SFT (resumes if interrupted; no-op when finished)
-	$(PY) -m pipeline.launch stage=stage1 $(ARGS)
+	$(PY) -m pipeline.run.launch stage=stage1 $(ARGS)
 
 stage-2: setup  ## stage 2: GRPO reasoning RL from stage-1's export (vLLM rollouts)
-	$(PY) -m pipeline.launch stage=stage2 $(ARGS)
+	$(PY) -m pipeline.run.launch stage=stage2 $(ARGS)
 
 stage-3: setup  ## stage 3: rejection sampling from stage-2 (vLLM, sharded, resumable), then SFT
-	$(PY) -m pipeline.launch stage=stage3 $(ARGS)
+	$(PY) -m pipeline.run.launch stage=stage3 $(ARGS)
 
 stage-4: setup  ## stage 4: alignment RL: rule rewards (reasoning) + reward models (general prompts)
-	$(PY) -m pipeline.launch stage=stage4 $(ARGS)
+	$(PY) -m pipeline.run.launch stage=stage4 $(ARGS)
 
 distill: setup  ## SFT of a student (stage.init_from) on stage-3's dataset, then a held-out check
-	$(PY) -m pipeline.launch stage=distill $(ARGS)
+	$(PY) -m pipeline.run.launch stage=distill $(ARGS)
 
 train-rm: setup  ## stage-4's reward models: rm_helpful (pairwise) then rm_safety (pointwise); resumable
-	$(PY) -m pipeline.launch stage=rm_helpful $(ARGS)
-	$(PY) -m pipeline.launch stage=rm_safety $(ARGS)
+	$(PY) -m pipeline.run.launch stage=rm_helpful $(ARGS)
+	$(PY) -m pipeline.run.launch stage=rm_safety $(ARGS)
 
 eval: setup  ## evaluate base + finished stages (greedy, pass@1 over k samples, cons@k); results.md per run
-	$(PY) -m pipeline.launch stage=eval $(ARGS)
+	$(PY) -m pipeline.run.launch stage=eval $(ARGS)
 
 pipeline: setup  ## the whole pipeline in order (finished stages are skipped, a failed one resumes); ARGS="run_name=x"
 	$(MAKE) stage-1 stage-2 stage-3 train-rm stage-4 eval ARGS="$(ARGS)"
 
 status:  ## each stage of a run: complete / running / failed / not started, with key figures; ARGS="run_name=x"
-	@$(PY) -m pipeline.status $(ARGS)
+	@$(PY) -m pipeline.run.status $(ARGS)
 
 report:  ## PNG plots (SFT loss, RL curves as R1 Fig. 2-3, accuracy by stage) + runs/<run>/report/report.md
-	$(PY) -m pipeline.report $(ARGS)
+	$(PY) -m pipeline.run.report $(ARGS)
+
+lint: setup  ## ruff: lint and format check (CI runs it before the tests)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## ruff: fix what it can and format the tree
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: setup  ## all tests: CPU unit tests + integration (real stage-1 on a tiny model, kill + resume)
 	$(PY) -m pytest -q -m "not gpu" tests $(ARGS)

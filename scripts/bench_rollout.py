@@ -20,11 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> int:
     from transformers import AutoTokenizer
 
-    from pipeline.config import compose
-    from pipeline.paths import base_model_dir
-    from pipeline.prompts import load_prompts
-    from pipeline.rollout import VLLMRollout
-    from pipeline.prompts import encode_prompts
+    from pipeline.data.prompts import encode_prompts, load_prompts
+    from pipeline.rl.rollout import Sampling, VLLMRollout
+    from pipeline.run.config import compose
+    from pipeline.run.paths import base_model_dir
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model", nargs="?", default=str(base_model_dir()))
@@ -37,17 +36,24 @@ def main() -> int:
     cfg = compose(["stage=stage2", f"data.eval_examples={max(args.batches) // args.group}"])
     prompts = encode_prompts(tok, load_prompts(cfg.data, "eval"), cfg.data.system_prompt)
     engine = VLLMRollout(args.model, max_model_len=1024, seed=0, dtype=args.dtype)
-    engine.generate(prompts[:2], 2, temperature=1.0, top_p=1.0, max_tokens=16, seeds=[0, 1])  # warm-up
+    engine.generate(prompts[:2], Sampling(2, 1.0, 1.0, 16), seeds=[0, 1])  # warm-up
     print(f"model {args.model}, {args.dtype}, max_tokens {args.max_tokens}, {args.group} samples per prompt")
     for n in args.batches:
         p = prompts[: n // args.group]
         t0 = time.perf_counter()
-        outs = engine.generate(p, args.group, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens,
-                               seeds=list(range(len(p))), stop_token_ids=[tok.eos_token_id])
+        outs = engine.generate(
+            p,
+            Sampling(args.group, 1.0, 1.0, args.max_tokens),
+            seeds=list(range(len(p))),
+            stop_token_ids=[tok.eos_token_id],
+        )
         dt = time.perf_counter() - t0
         toks = sum(len(c.token_ids) for g in outs for c in g)
-        print(f"  {n:4d} sequences: {toks:6d} tokens in {dt:6.1f} s = {toks / dt:6.1f} tok/s "
-              f"(mean length {toks / n:.0f})", flush=True)
+        print(
+            f"  {n:4d} sequences: {toks:6d} tokens in {dt:6.1f} s = {toks / dt:6.1f} tok/s "
+            f"(mean length {toks / n:.0f})",
+            flush=True,
+        )
     engine.close()
     return 0
 

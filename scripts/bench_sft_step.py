@@ -11,8 +11,8 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline.maths import token_nll_sum
-from pipeline.paths import base_model_dir
+from pipeline.run.paths import base_model_dir
+from pipeline.train.maths import token_nll_sum
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--tokens", type=int, default=1024)
@@ -34,4 +34,7 @@ for i in range(args.steps + 1):
     opt.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
     if i:  # first step is warm-up
-        print(f"fwd {t1 - t0:.2f}s bwd {t2 - t1:.2f}s opt {t3 - t2:.2f}s -> {args.tokens / (t3 - t0):.0f} tok/s", flush=True)
+        print(
+            f"fwd {t1 - t0:.2f}s bwd {t2 - t1:.2f}s opt {t3 - t2:.2f}s -> {args.tokens / (t3 - t0):.0f} tok/s",
+            flush=True,
+        )

@@ -1,1 +1,1 @@
-"""One module per pipeline stage; each is run as its own DeepSpeed job by ``pipeline.launch``."""
+"""One module per pipeline stage; each is run as its own DeepSpeed job by ``pipeline.run.launch``."""

@@ -4,8 +4,8 @@ R1 distilled its reasoning into Qwen and Llama models with SFT alone (no RL), on
 its rejection-sampling stage. Here the student is `stage.init_from` (any HF causal-LM folder; the
 embedded default distils into a fresh copy of the base model), the data is the dataset stage-3
 wrote and named in its manifest (`stage.dataset_from`), and the trainer is the stage-1/3 SFT
-trainer (`pipeline.sft.train_sft`, resumable). After training, the student's export is evaluated on
-the run's held-out RL prompts with `pipeline.evaluate` (greedy accuracy, pass@1 over k samples), and
+trainer (`pipeline.train.sft.train_sft`, resumable). After training, the student's export is evaluated on
+the run's held-out RL prompts with `pipeline.eval.protocol` (greedy accuracy, pass@1 over k samples), and
 the figures go into the manifest; `make eval` compares it with every stage side by side.
 
     make distill                                           # after make stage-3
@@ -19,11 +19,12 @@ import json
 import time
 from pathlib import Path
 
-from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import dist as dist_lib
-from pipeline import run as run_lib
-from pipeline.sft import train_sft
+from pipeline.data import sources as data_lib
+from pipeline.run import config as config_lib
+from pipeline.run import folders as run_lib
+from pipeline.run.registry import make_target
+from pipeline.train import dist as dist_lib
+from pipeline.train.sft import train_sft
 
 
 def teacher_dataset(cfg) -> tuple[Path, dict]:
@@ -31,7 +32,7 @@ def teacher_dataset(cfg) -> tuple[Path, dict]:
     src = cfg.stage.dataset_from
     parent = config_lib.stage_dir(cfg).parent / src
     manifest = run_lib.read_manifest(parent)
-    how = run_lib.MAKE_TARGETS.get(src, f"stage {src}")
+    how = make_target(src)
     if manifest is None or manifest.get("status") != "complete":
         raise run_lib.InputError(f"distill needs the dataset of {src} of run '{cfg.run_name}': run `{how}` first")
     path = Path(manifest["outputs"]["dataset"])
@@ -42,48 +43,60 @@ def teacher_dataset(cfg) -> tuple[Path, dict]:
 
 
 def evaluate_student(cfg, export: Path) -> dict:
-    from pipeline.evaluate import evaluate_model
-    from pipeline.prompts import load_prompts
-    from pipeline.rewards import RewardContext
-    from pipeline.verify import Verifier
+    from pipeline.data.prompts import load_prompts
+    from pipeline.eval.protocol import R1_EVAL_TEMPERATURE, R1_EVAL_TOP_P, evaluate_model
+    from pipeline.rl.rewards import RewardContext
+    from pipeline.rl.rollout import Sampling
+    from pipeline.rl.verify import Verifier
 
-    s = cfg.stage
+    stage = cfg.stage
     ctx = RewardContext(verifier=Verifier(workers=2))
     try:
-        ((_, m, _),) = evaluate_model(str(export), {"heldout": load_prompts(cfg.data, "eval")}, ctx,
-                                      system_prompt=cfg.data.system_prompt, samples=s.eval_samples, temperature=0.6,
-                                      top_p=0.95, max_tokens=s.eval_max_new_tokens, seed=s.seed)
+        ((_, metrics, _),) = evaluate_model(
+            str(export),
+            {"heldout": load_prompts(cfg.data, "eval")},
+            ctx,
+            system_prompt=cfg.data.system_prompt,
+            seed=stage.seed,
+            sampling=Sampling(stage.eval_samples, R1_EVAL_TEMPERATURE, R1_EVAL_TOP_P, stage.eval_max_new_tokens),
+        )
     finally:
         ctx.verifier.close()
-    return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="distillation SFT (started by pipeline.launch)")
+    ap = argparse.ArgumentParser(description="distillation SFT (started by pipeline.run.launch)")
     ap.add_argument("--config", required=True)
     cfg = config_lib.load(ap.parse_args(argv).config)
-    s = cfg.stage
+    stage = cfg.stage
     folder = config_lib.stage_dir(cfg)
     dist = dist_lib.init()
     student = run_lib.resolve_init(cfg)
     path, info = teacher_dataset(cfg)
     t0 = time.time()
     if dist.is_main:
-        run_lib.update_manifest(folder, stage=s.name, kind="distill", status="running", config=str(folder / "config.yaml"),
-                                inputs={"init": student, "dataset": {"path": str(path), "version": info["version"],
-                                                                     "sha256": info["sha256"]}})
+        run_lib.start_stage(
+            folder, cfg, init=student, dataset={"path": str(path), "version": info["version"], "sha256": info["sha256"]}
+        )
     rows = [{"messages": r["messages"]} for r in data_lib.read_jsonl(path)]
     result = train_sft(cfg, dist, student["path"], rows, folder)
     if dist.is_main:
-        student_eval = evaluate_student(cfg, folder / "export") if s.eval_after else {}
-        run_lib.update_manifest(
-            folder, status="complete",
-            outputs={"export": str(folder / "export"), "metrics": str(folder / "metrics.jsonl"),
-                     "checkpoints": str(folder / "checkpoints")},
-            summary={"steps": result.steps, "first_loss": result.first_loss, "final_loss": result.final_loss,
-                     "rows": len(rows), "student_eval": student_eval, "wall_seconds_this_attempt": time.time() - t0})
-        print(f"{s.name} complete: loss {result.first_loss:.4f} -> {result.final_loss:.4f}; held-out {student_eval}; "
-              f"export: {folder / 'export'}", flush=True)
+        student_eval = evaluate_student(cfg, folder / "export") if stage.eval_after else {}
+        summary = {
+            "steps": result.steps,
+            "first_loss": result.first_loss,
+            "final_loss": result.final_loss,
+            "rows": len(rows),
+            "student_eval": student_eval,
+            "wall_seconds_this_attempt": time.time() - t0,
+        }
+        run_lib.complete_stage(
+            folder,
+            summary,
+            run_lib.model_outputs(folder),
+            headline=(f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}; held-out {student_eval}"),
+        )
     return 0
 
 

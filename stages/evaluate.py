@@ -3,7 +3,7 @@
 For each model (`stage.models`: base, a stage name of this run, or an HF folder; `auto` = base plus
 every finished stage) and each benchmark (`stage.benchmarks`, defined in `stage.catalog`), vLLM
 generates one greedy answer and `samples` sampled answers per prompt (R1: T 0.6, top-p 0.95);
-`pipeline.evaluate` scores them with the reward registry's verifiers and computes greedy accuracy,
+`pipeline.eval.protocol` scores them with the reward registry's verifiers and computes greedy accuracy,
 pass@1 (mean over the k samples), pass@k and cons@k (majority vote).
 
 Results are incremental: `results/<model>/<benchmark>.json` holds the metrics with a signature of
@@ -25,29 +25,37 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import run as run_lib
-from pipeline.evaluate import evaluate_model
-from pipeline.prompts import iter_file, iter_reasoning_gym
-from pipeline.rewards import RewardContext
-from pipeline.verify import Verifier
+from pipeline.data import sources as data_lib
+from pipeline.data.prompts import iter_file, iter_reasoning_gym
+from pipeline.eval.protocol import evaluate_model
+from pipeline.rl.rewards import RewardContext
+from pipeline.rl.rollout import Sampling
+from pipeline.rl.verify import Verifier
+from pipeline.run import config as config_lib
+from pipeline.run import folders as run_lib
+from pipeline.run import registry
 
-STAGE_ORDER = ("stage1", "stage2", "stage3", "stage4", "distill")
-TABLE_METRICS = ("greedy_accuracy", "greedy_lenient", "greedy_format", "pass@1", "cons@{k}", "pass@{k}",
-                 "sample_len_mean")
+TABLE_METRICS = (
+    "greedy_accuracy",
+    "greedy_lenient",
+    "greedy_format",
+    "pass@1",
+    "cons@{k}",
+    "pass@{k}",
+    "sample_len_mean",
+)
 SAMPLED_METRICS = {"pass@1", "cons@{k}", "pass@{k}", "sample_len_mean"}  # absent when stage.samples == 0
 
 
 def models_to_evaluate(cfg) -> list[tuple[str, dict]]:
     """(label, resolved source) for every requested model; `auto` expands to base + finished stages."""
     names: list[str] = []
-    for m in cfg.stage.models:
-        if m == "auto":
+    for model in cfg.stage.models:
+        if model == "auto":
             run_dir = config_lib.stage_dir(cfg).parent
-            names += ["base"] + [s for s in STAGE_ORDER if run_lib.is_complete(run_dir / s)]
+            names += ["base"] + [s for s in registry.names(policy=True) if run_lib.is_complete(run_dir / s)]
         else:
-            names.append(m)
+            names.append(model)
     out, seen = [], set()
     for name in names:
         if name in seen:
@@ -73,12 +81,20 @@ def load_benchmark(name: str, bench) -> list[dict]:
 
 
 def signature(cfg, src: dict, name: str) -> str:
-    s = cfg.stage
+    stage = cfg.stage
     weights = sorted(Path(src["path"]).glob("*.safetensors"))
-    blob = {"model": src["path"], "mtime": [w.stat().st_mtime_ns for w in weights],
-            "bench": OmegaConf.to_container(s.catalog[name], resolve=True), "samples": s.samples,
-            "temperature": s.temperature, "top_p": s.top_p, "greedy": s.greedy, "max_new_tokens": s.max_new_tokens,
-            "seed": s.seed, "system_prompt": cfg.data.system_prompt}
+    blob = {
+        "model": src["path"],
+        "mtime": [w.stat().st_mtime_ns for w in weights],
+        "bench": OmegaConf.to_container(stage.catalog[name], resolve=True),
+        "samples": stage.samples,
+        "temperature": stage.temperature,
+        "top_p": stage.top_p,
+        "greedy": stage.greedy,
+        "max_new_tokens": stage.max_new_tokens,
+        "seed": stage.seed,
+        "system_prompt": cfg.data.system_prompt,
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -88,58 +104,83 @@ def markdown_table(results: dict, benchmarks: list[str], k: int) -> str:
     for bench in benchmarks:
         lines += [f"**{bench}**", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for model, per_bench in results.items():
-            m = per_bench.get(bench)
-            if m is None:
+            metrics = per_bench.get(bench)
+            if metrics is None:
                 continue
-            cells = [(f"{m[c]:.1%}" if c != "sample_len_mean" else f"{m[c]:.0f}") if c in m else "-" for c in cols]
+            cells = [
+                (f"{metrics[c]:.1%}" if c != "sample_len_mean" else f"{metrics[c]:.0f}") if c in metrics else "-"
+                for c in cols
+            ]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
+def cached_results(cfg, folder: Path, label: str, src: dict) -> tuple[dict, dict]:
+    """(metrics already computed for this model with the same signature, benchmarks still to run)."""
+    done, todo = {}, {}
+    for name in cfg.stage.benchmarks:
+        path = folder / "results" / label / f"{name}.json"
+        sig = signature(cfg, src, name)
+        cached = json.loads(path.read_text()) if path.exists() else None
+        if cached and cached.get("signature") == sig:
+            done[name] = cached["metrics"]
+            print(f"eval: {label} on {name}: cached ({path})", flush=True)
+        else:
+            todo[name] = (path, sig)
+    return done, todo
+
+
+def evaluate_one(cfg, ctx: RewardContext, src: dict, benchmarks: dict[str, list[dict]], todo: dict, label: str):
+    """Evaluate one model on the benchmarks in `todo`; each result is written as soon as it is done."""
+    stage = cfg.stage
+    sampling = Sampling(stage.samples, stage.temperature, stage.top_p, stage.max_new_tokens)
+    results = {}
+    for name, metrics, rows in evaluate_model(
+        src["path"],
+        {name: benchmarks[name] for name in todo},
+        ctx,
+        system_prompt=cfg.data.system_prompt,
+        sampling=sampling,
+        seed=stage.seed,
+        greedy=stage.greedy,
+        gpu_memory_utilization=stage.gpu_memory_utilization,
+        cpu_kv_cache_gb=stage.cpu_kv_cache_gb,
+    ):
+        path, sig = todo[name]
+        data_lib.write_jsonl(rows, path.with_suffix(".rows.jsonl"))
+        data_lib.write_json({"signature": sig, "model": src["path"], "benchmark": name, "metrics": metrics}, path)
+        results[name] = metrics
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        print(f"eval: {label} on {name} ({metrics['n']} prompts): {shown}", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="evaluation (started by pipeline.launch)")
-    ap.add_argument("--config", required=True)
-    cfg = config_lib.load(ap.parse_args(argv).config)
-    s = cfg.stage
+    parser = argparse.ArgumentParser(description="evaluation (started by pipeline.run.launch)")
+    parser.add_argument("--config", required=True)
+    cfg = config_lib.load(parser.parse_args(argv).config)
+    stage = cfg.stage
     folder = config_lib.stage_dir(cfg)
     models = models_to_evaluate(cfg)
-    benchmarks = {name: load_benchmark(name, s.catalog[name]) for name in s.benchmarks}
-    run_lib.update_manifest(folder, stage=s.name, kind="eval", status="running", config=str(folder / "config.yaml"),
-                            inputs={"models": {label: src["path"] for label, src in models}})
-    ctx = RewardContext(verifier=Verifier(workers=s.verifier_workers))
+    benchmarks = {name: load_benchmark(name, stage.catalog[name]) for name in stage.benchmarks}
+    run_lib.start_stage(folder, cfg, models={label: src["path"] for label, src in models})
+    ctx = RewardContext(verifier=Verifier(workers=stage.verifier_workers))
     results: dict[str, dict] = {}
     for label, src in models:
-        results[label] = {}
-        todo = {}
-        for name in s.benchmarks:
-            path = folder / "results" / label / f"{name}.json"
-            sig = signature(cfg, src, name)
-            cached = json.loads(path.read_text()) if path.exists() else None
-            if cached and cached.get("signature") == sig:
-                results[label][name] = cached["metrics"]
-                print(f"eval: {label} on {name}: cached ({path})", flush=True)
-            else:
-                todo[name] = (path, sig)
-        if not todo:
-            continue
-        for name, metrics, rows in evaluate_model(
-                src["path"], {name: benchmarks[name] for name in todo}, ctx, system_prompt=cfg.data.system_prompt,
-                samples=s.samples, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-                seed=s.seed, greedy=s.greedy, gpu_memory_utilization=s.gpu_memory_utilization,
-                cpu_kv_cache_gb=s.cpu_kv_cache_gb):
-            path, sig = todo[name]
-            data_lib.write_jsonl(rows, path.with_suffix(".rows.jsonl"))
-            data_lib.write_json({"signature": sig, "model": src["path"], "benchmark": name, "metrics": metrics}, path)
-            results[label][name] = metrics
-            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-            print(f"eval: {label} on {name} ({metrics['n']} prompts): {shown}", flush=True)
+        results[label], todo = cached_results(cfg, folder, label, src)
+        if todo:
+            results[label].update(evaluate_one(cfg, ctx, src, benchmarks, todo, label))
     ctx.verifier.close()
     data_lib.write_json(results, folder / "results.json")
-    table = markdown_table(results, list(s.benchmarks), s.samples)
+    table = markdown_table(results, list(stage.benchmarks), stage.samples)
     (folder / "results.md").write_text(f"# Evaluation of run `{cfg.run_name}`\n\n{table}")
-    run_lib.update_manifest(folder, status="complete", outputs={"results": str(folder / "results.json"),
-                                                                "table": str(folder / "results.md")})
+    run_lib.complete_stage(
+        folder,
+        {"models": len(results), "benchmarks": list(stage.benchmarks)},
+        {"results": str(folder / "results.json"), "table": str(folder / "results.md")},
+        headline=f"{len(results)} models on {list(stage.benchmarks)}",
+    )
     print(table, flush=True)
     return 0
 

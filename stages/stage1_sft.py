@@ -7,7 +7,7 @@ answers, written as step-by-step CoT and verified by the task's scorer) or read 
 JSONL / parquet / hub dataset, then checked to be in the R1 format:
 `<think>…</think>` followed by a concise answer with `\\boxed{…}`.
 
-Run it with `make stage-1` (which calls `python -m pipeline.launch stage=stage1`); the launcher
+Run it with `make stage-1` (which calls `python -m pipeline.run.launch stage=stage1`); the launcher
 starts this module under torchrun / deepspeed with `--config <run>/stage1/config.yaml`.
 """
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import dist as dist_lib
-from pipeline import run as run_lib
-from pipeline.paths import absolute
-from pipeline.sft import train_sft
+from pipeline.data import sources as data_lib
+from pipeline.run import config as config_lib
+from pipeline.run import folders as run_lib
+from pipeline.run.paths import absolute
+from pipeline.train import dist as dist_lib
+from pipeline.train.sft import train_sft
 
 
 def prepare_data(cfg, folder, is_main: bool, barrier) -> tuple[list[dict], dict]:
@@ -43,13 +43,15 @@ def prepare_data(cfg, folder, is_main: bool, barrier) -> tuple[list[dict], dict]
         recorded = {"path": str(path), "sha256": digest, "rows": len(rows), "origin": source}
     barrier()
     if is_main and recorded.get("sha256") and data_lib.sha256_file(path) != recorded["sha256"]:
-        raise data_lib.DataError(f"{path} changed since this stage started (sha256 mismatch with its manifest); "
-                                 "re-run with force=true to start over")
+        raise data_lib.DataError(
+            f"{path} changed since this stage started (sha256 mismatch with its manifest); "
+            "re-run with force=true to start over"
+        )
     return data_lib.read_jsonl(path), recorded
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="stage-1 cold-start SFT (started by pipeline.launch)")
+    ap = argparse.ArgumentParser(description="stage-1 cold-start SFT (started by pipeline.run.launch)")
     ap.add_argument("--config", required=True, help="resolved config.yaml written by the launcher")
     args = ap.parse_args(argv)
     cfg = config_lib.load(args.config)
@@ -60,20 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rows, data_record = prepare_data(cfg, folder, dist.is_main, dist.barrier)
     if dist.is_main:
-        run_lib.update_manifest(folder, stage=cfg.stage.name, kind="sft", status="running",
-                                inputs={"init": init, "data": data_record}, config=str(folder / "config.yaml"))
+        run_lib.start_stage(folder, cfg, init=init, data=data_record)
     result = train_sft(cfg, dist, init["path"], rows, folder)
     if dist.is_main:
-        run_lib.update_manifest(
-            folder, status="complete",
-            outputs={"export": str(folder / "export"), "metrics": str(folder / "metrics.jsonl"),
-                     "checkpoints": str(folder / "checkpoints")},
-            summary={"steps": result.steps, "first_loss": result.first_loss, "final_loss": result.final_loss,
-                     "tokens_per_s": result.tokens_per_s, "train_seconds": result.train_seconds,
-                     "resumed_from_step": result.resumed_from, "wall_seconds_this_attempt": time.time() - t0},
+        summary = {
+            "steps": result.steps,
+            "first_loss": result.first_loss,
+            "final_loss": result.final_loss,
+            "tokens_per_s": result.tokens_per_s,
+            "train_seconds": result.train_seconds,
+            "resumed_from_step": result.resumed_from,
+            "wall_seconds_this_attempt": time.time() - t0,
+        }
+        run_lib.complete_stage(
+            folder,
+            summary,
+            run_lib.model_outputs(folder),
+            headline=(f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}, {result.tokens_per_s:.0f} tok/s"),
         )
-        print(f"{cfg.stage.name} complete: loss {result.first_loss:.4f} -> {result.final_loss:.4f}, "
-              f"{result.tokens_per_s:.0f} tok/s; export: {folder / 'export'}", flush=True)
     return 0
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +13,52 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.paths import base_model_dir  # noqa: E402
+from pipeline.run.paths import base_model_dir  # noqa: E402
+
+QUIET = ("logger=none", "logger.progress=false")
+
+
+def launch_command(stage: str, runs: Path, run_name: str, *overrides: str) -> list[str]:
+    """The command `make stage-N ARGS=...` runs, for stage `stage` of run `run_name` under `runs`."""
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.run.launch",
+        f"stage={stage}",
+        f"run_name={run_name}",
+        f"runs_dir={runs}",
+        *QUIET,
+        *overrides,
+    ]
+
+
+def stage_env(fault: str | None = None, extra: dict | None = None) -> dict:
+    """The environment without an inherited fault; `fault` (`point:step`) kills the stage there."""
+    env = {k: v for k, v in os.environ.items() if k != "R1_FAULT"}
+    if fault:
+        env["R1_FAULT"] = fault
+    env.update(extra or {})
+    return env
+
+
+def launch_stage(
+    stage: str,
+    runs: Path,
+    run_name: str,
+    *overrides: str,
+    fault: str | None = None,
+    env_extra: dict | None = None,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
+    """Run one stage through the launcher, as a user would, and wait for it (output captured)."""
+    return subprocess.run(
+        launch_command(stage, runs, run_name, *overrides),
+        cwd=REPO,
+        env=stage_env(fault, env_extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +84,19 @@ def tiny_model_dir(tmp_path_factory, base_dir, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                      tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     out = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -54,8 +109,16 @@ def clean_env(monkeypatch):
     return os.environ
 
 
-def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0, p_correct: float = 0.0,
-               lr: float = 3e-3, task: list[str] | None = None) -> Path:
+def warm_start(
+    model_dir: Path,
+    out: Path,
+    tokenizer,
+    steps: int,
+    seed: int = 0,
+    p_correct: float = 0.0,
+    lr: float = 3e-3,
+    task: list[str] | None = None,
+) -> Path:
     """Teach a tiny random model the R1 format with plain SFT, so an RL test starts from a policy that
     answers in the expected place (a random-token policy never earns any reward at all). A fraction
     `p_correct` of the SFT answers is the true sum, the rest random: the policy then puts some mass on
@@ -65,10 +128,10 @@ def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0,
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.config import compose
-    from pipeline.maths import token_nll_sum
-    from pipeline.packing import collate, tokenize_chat
-    from pipeline.prompts import load_prompts
+    from pipeline.data.packing import collate, tokenize_chat
+    from pipeline.data.prompts import load_prompts
+    from pipeline.run.config import compose
+    from pipeline.train.maths import token_nll_sum
 
     cfg = compose(["stage=stage2", "data.num_examples=256"] + (TINY_TASK if task is None else task))
     rng = random.Random(seed)
@@ -77,8 +140,11 @@ def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0,
         expr = r["entry"]["metadata"]["expression"]
         answer = r["answer"] if rng.random() < p_correct else rng.randint(0, 18)
         reply = f"<think>\n{expr}\n</think>\n\n\\boxed{{{answer}}}"
-        messages = [{"role": "system", "content": cfg.data.system_prompt}, {"role": "user", "content": r["question"]},
-                    {"role": "assistant", "content": reply}]
+        messages = [
+            {"role": "system", "content": cfg.data.system_prompt},
+            {"role": "user", "content": r["question"]},
+            {"role": "assistant", "content": reply},
+        ]
         examples.append(tokenize_chat(tokenizer, messages))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -97,8 +163,10 @@ def warm_start(model_dir: Path, out: Path, tokenizer, steps: int, seed: int = 0,
 
 
 # Single-digit sums: a task a 2-layer model can learn by RL in a couple of minutes on CPU.
-TINY_TASK = ["data.tasks=[chain_sum]",
-             "data.task_kwargs={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}"]
+TINY_TASK = [
+    "data.tasks=[chain_sum]",
+    "data.task_kwargs={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",
+]
 
 
 @pytest.fixture(scope="session")

@@ -4,25 +4,25 @@ results per model and benchmark, the side-by-side table, and reuse of finished r
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import launch_stage
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_BENCH = ("+stage.catalog.tiny={source: reasoning_gym, tasks: [chain_sum], seed: 90000000, limit: 6, "
-              "task_kwargs: {chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}}")
+TINY_BENCH = (
+    "+stage.catalog.tiny={source: reasoning_gym, tasks: [chain_sum], seed: 90000000, limit: 6, "
+    "task_kwargs: {chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}}"
+)
 
 
 def run_eval(runs: Path, *extra: str):
-    cmd = [sys.executable, "-m", "pipeline.launch", "stage=eval", "run_name=ev", f"runs_dir={runs}",
-           "stage.benchmarks=[tiny]", TINY_BENCH, "stage.samples=3", "stage.max_new_tokens=24",
-           "logger=none", "logger.progress=false", *extra]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    return launch_stage(
+        "eval", runs, "ev", "stage.benchmarks=[tiny]", TINY_BENCH, "stage.samples=3", "stage.max_new_tokens=24", *extra
+    )
 
 
 def test_eval_scores_reuses_results_and_tabulates(tmp_path, warm_tiny_model_dir, tiny_model_dir):

@@ -21,22 +21,28 @@ STAGES = ("stage1", "stage2", "stage3", "rm_helpful", "rm_safety", "stage4")
 # One-term "sums" (`6 =`): the answer is a copy of the number, which a tiny model warm-started on it gets
 # right often enough (~10% of samples at T=1) for stage-3 to keep some. Dotted keys, not a {...} dict:
 # ARGS goes through make and the shell unquoted.
-TASK = ("data.tasks=[chain_sum] data.task_kwargs.chain_sum.min_terms=1 data.task_kwargs.chain_sum.max_terms=1 "
-        "data.task_kwargs.chain_sum.max_digits=1")
+TASK = (
+    "data.tasks=[chain_sum] data.task_kwargs.chain_sum.min_terms=1 data.task_kwargs.chain_sum.max_terms=1 "
+    "data.task_kwargs.chain_sum.max_digits=1"
+)
 
 
 def make(target: str, args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", target, f"ARGS={args}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=1500)
+    return subprocess.run(
+        ["make", "--no-print-directory", target, f"ARGS={args}"], cwd=REPO, capture_output=True, text=True, timeout=1500
+    )
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, tiny_model_dir, tokenizer):
-    base = warm_start(tiny_model_dir, tmp_path_factory.mktemp("copy-tiny"), tokenizer, steps=60, p_correct=1.0,
-                      task=TASK.split())
+    base = warm_start(
+        tiny_model_dir, tmp_path_factory.mktemp("copy-tiny"), tokenizer, steps=60, p_correct=1.0, task=TASK.split()
+    )
     runs = tmp_path_factory.mktemp("runs_pipeline")
-    args = (f"experiment=smoke model=hf model.path={base} runs_dir={runs} run_name=p "
-            f"logger=none logger.progress=false {TASK}")
+    args = (
+        f"experiment=smoke model=hf model.path={base} runs_dir={runs} run_name=p "
+        f"logger=none logger.progress=false {TASK}"
+    )
     p = make("pipeline", args)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     return runs / "p", args, p

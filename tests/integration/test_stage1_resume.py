@@ -11,32 +11,44 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import launch_command, launch_stage
 
-from pipeline.checkpoint import MARKER, STAGING, complete_checkpoints
-from pipeline.metrics import read_metrics
+from pipeline.train.checkpoint import MARKER, STAGING, complete_checkpoints
+from pipeline.train.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 
+def small(model: Path, *extra: str) -> list[str]:
+    return [
+        f"model.path={model}",
+        "model.name=tiny",
+        "data.num_examples=30",
+        "stage.pack_length=512",
+        "stage.gradient_accumulation_steps=2",
+        f"stage.max_steps={STEPS}",
+        "stage.save_every=2",
+        "stage.keep_last=2",
+        "stage.optim.lr=3e-3",
+        "stage.optim.warmup_steps=2",
+        *extra,
+    ]
+
+
 def launch_cmd(runs: Path, run: str, model: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.launch", "stage=stage1", f"run_name={run}", f"runs_dir={runs}",
-            f"model.path={model}", "model.name=tiny", "data.num_examples=30", "stage.pack_length=512",
-            "stage.gradient_accumulation_steps=2", f"stage.max_steps={STEPS}", "stage.save_every=2",
-            "stage.keep_last=2", "stage.lr=3e-3", "stage.warmup_steps=2", "logger=none", "logger.progress=false",
-            *extra]
+    return launch_command("stage1", runs, run, *small(model, *extra))
 
 
-def launch(*args, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "R1_FAULT"}
-    env.update(env_extra or {})
-    return subprocess.run(launch_cmd(*args, **kw), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def launch(
+    runs: Path, run: str, model: Path, *extra: str, env_extra: dict | None = None
+) -> subprocess.CompletedProcess:
+    return launch_stage("stage1", runs, run, *small(model, *extra), env_extra=env_extra, timeout=600)
 
 
 def losses(stage: Path) -> list[tuple[int, float]]:
@@ -99,8 +111,13 @@ def test_rerunning_a_finished_stage_does_nothing(reference, runs, tiny_model_dir
 
 def test_external_kill_mid_run_then_resume_gives_identical_losses(reference, runs, tiny_model_dir):
     stage = runs / "killed" / "stage1"
-    proc = subprocess.Popen(launch_cmd(runs, "killed", tiny_model_dir), cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        launch_cmd(runs, "killed", tiny_model_dir),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (stage / "checkpoints" / "step_00000002" / MARKER).exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
@@ -168,12 +185,20 @@ def test_two_processes_with_zero_sharding_train_and_export(runs, tiny_model_dir,
     """gloo on CPU, 2 ranks: ZeRO-2 shards optimizer state and gradients; ZeRO-3 also the weights,
     which the export gathers back into one HF folder."""
     name = f"zero{zero}"
-    p = launch(runs, name, tiny_model_dir, f"deepspeed=zero{zero}", f"model.dtype={dtype}", "launcher.nproc=2",
-               "stage.max_steps=2", "stage.gradient_accumulation_steps=1")
+    p = launch(
+        runs,
+        name,
+        tiny_model_dir,
+        f"deepspeed=zero{zero}",
+        f"model.dtype={dtype}",
+        "launcher.nproc=2",
+        "stage.max_steps=2",
+        "stage.gradient_accumulation_steps=1",
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "world 2" in p.stdout and f"zero {zero}" in p.stdout
     curve = losses(runs / name / "stage1")
-    assert [s for s, _ in curve] == [1, 2] and all(l == l and l > 0 for _, l in curve)  # finite
+    assert [s for s, _ in curve] == [1, 2] and all(loss == loss and loss > 0 for _, loss in curve)  # finite
 
     import torch
     from transformers import AutoModelForCausalLM

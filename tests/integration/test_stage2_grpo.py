@@ -5,13 +5,10 @@ uninterrupted run (timings aside): same prompts, same samples, same updates."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TASK
+from conftest import TINY_TASK, launch_stage
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
@@ -20,27 +17,34 @@ REPO = Path(__file__).resolve().parents[2]
 TIMING = {"time_generate", "time_score", "time_train", "time_sync", "step_seconds", "rollout_tok_per_s"}
 
 
-SMALL = {"stage.steps": 4, "stage.prompts_per_step": 2, "stage.group_size": 4, "stage.num_minibatches": 2,
-         "stage.rollout.max_new_tokens": 32, "stage.eval_every": 2, "stage.save_every": 2, "stage.lr": 1e-4,
-         "data.num_examples": 16, "data.eval_examples": 4,
-         "stage.rewards": "{accuracy: 1.0, format: 1.0, language: 0.1}"}
+SMALL = {
+    "stage.steps": 4,
+    "stage.prompts_per_step": 2,
+    "stage.group_size": 4,
+    "stage.num_minibatches": 2,
+    "stage.rollout.max_new_tokens": 32,
+    "stage.eval_every": 2,
+    "stage.save_every": 2,
+    "stage.optim.lr": 1e-4,
+    "data.num_examples": 16,
+    "data.eval_examples": 4,
+    "stage.rewards": "{accuracy: 1.0, format: 1.0, language: 0.1}",
+}
 
 
 def run_stage2(runs: Path, name: str, init: Path, fault: str | None = None, **overrides):
     """overrides: config keys with dots written as `__` (stage__steps=8)."""
-    env = {k: v for k, v in os.environ.items() if k != "R1_FAULT"}
-    if fault:
-        env["R1_FAULT"] = fault
     args = {**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    cmd = [sys.executable, "-m", "pipeline.launch", "stage=stage2", f"run_name={name}", f"runs_dir={runs}",
-           f"stage.init_from={init}", *(f"{k}={v}" for k, v in args.items()), *TINY_TASK,
-           "logger=none", "logger.progress=false"]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return launch_stage(
+        "stage2", runs, name, f"stage.init_from={init}", *(f"{k}={v}" for k, v in args.items()), *TINY_TASK, fault=fault
+    )
 
 
 def metrics(stage: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (stage / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +63,21 @@ def test_grpo_run_logs_every_metric_and_exports(reference):
     m = metrics(reference)
     assert [r["step"] for r in m] == [0, 1, 2, 3, 4]
     assert all("eval/greedy_accuracy" in m[i] and "eval/pass@1" in m[i] for i in (0, 2, 4))
-    for key in ("reward", "accuracy", "reward/accuracy", "reward/format", "reward/language", "response_len_mean",
-                "response_len_max", "kl", "clip_frac", "entropy", "zero_var_group_frac", "reflection_per_response",
-                "rollout_logprob_gap"):
+    for key in (
+        "reward",
+        "accuracy",
+        "reward/accuracy",
+        "reward/format",
+        "reward/language",
+        "response_len_mean",
+        "response_len_max",
+        "kl",
+        "clip_frac",
+        "entropy",
+        "zero_var_group_frac",
+        "reflection_per_response",
+        "rollout_logprob_gap",
+    ):
         assert key in m[1], key
     raw = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert all(raw[i][k] >= 0 for i in range(1, 5) for k in TIMING)
@@ -89,10 +105,22 @@ def test_grpo_raises_the_reward_of_a_learnable_task(runs, warm_tiny_model_dir):
     """GRPO must learn, not just run. The task a 2-layer model can learn in two minutes is R1-Zero's
     first lesson, the output format (one think block, then a boxed answer), from a policy that gets
     it right about half the time. Reward = format only; 30 steps of 8 prompts x 8 samples."""
-    p = run_stage2(runs, "learn", warm_tiny_model_dir, stage__steps=30, stage__prompts_per_step=8,
-                   stage__group_size=8, stage__num_minibatches=1, stage__lr=3e-4, stage__mask_truncated="false",
-                   stage__rewards="{accuracy: 0.0, format: 1.0, language: 0.0}", stage__eval_every=100,
-                   stage__save_every=100, data__num_examples=64, data__eval_examples=8)
+    p = run_stage2(
+        runs,
+        "learn",
+        warm_tiny_model_dir,
+        stage__steps=30,
+        stage__prompts_per_step=8,
+        stage__group_size=8,
+        stage__num_minibatches=1,
+        stage__lr=3e-4,
+        stage__mask_truncated="false",
+        stage__rewards="{accuracy: 0.0, format: 1.0, language: 0.0}",
+        stage__eval_every=100,
+        stage__save_every=100,
+        data__num_examples=64,
+        data__eval_examples=8,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     m = metrics(runs / "learn" / "stage2")[1:]
     rewards = [r["reward"] for r in m]

@@ -5,16 +5,13 @@ finished shards and ends with exactly the dataset of an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TASK
+from conftest import TINY_TASK, launch_stage
 
-from pipeline.rewards import extract_answer
-from pipeline.verify import Verifier
+from pipeline.rl.rewards import extract_answer
+from pipeline.rl.verify import Verifier
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
@@ -23,15 +20,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_stage3(runs: Path, name: str, model: Path, *extra: str, fault: str | None = None):
-    env = {k: v for k, v in os.environ.items() if k != "R1_FAULT"}
-    if fault:
-        env["R1_FAULT"] = fault
-    cmd = [sys.executable, "-m", "pipeline.launch", "stage=stage3", f"run_name={name}", f"runs_dir={runs}",
-           f"stage.init_from={model}", f"stage.sft_init_from={model}", "data.num_examples=24", "stage.shard_size=8",
-           "stage.samples_per_prompt=8", "stage.rollout.max_new_tokens=32", "stage.rollout.temperature=1.0",
-           "stage.rollout.top_p=1.0", "stage.pack_length=256", "stage.lr=1e-4", "stage.save_every=2",
-           "stage.general.ratio=0.5", *TINY_TASK, "logger=none", "logger.progress=false", *extra]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return launch_stage(
+        "stage3",
+        runs,
+        name,
+        f"stage.init_from={model}",
+        f"stage.sft_init_from={model}",
+        "data.num_examples=24",
+        "stage.shard_size=8",
+        "stage.samples_per_prompt=8",
+        "stage.rollout.max_new_tokens=32",
+        "stage.rollout.temperature=1.0",
+        "stage.rollout.top_p=1.0",
+        "stage.pack_length=256",
+        "stage.optim.lr=1e-4",
+        "stage.save_every=2",
+        "stage.general.ratio=0.5",
+        *TINY_TASK,
+        *extra,
+        fault=fault,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +71,7 @@ def test_stage3_writes_verified_dataset_stats_and_export(reference):
     # every kept sample really is correct: re-check with math-verify, independently of the stage
     v = Verifier(workers=1)
     try:
-        assert all(v.check([("math", (r["answer"], extract_answer(r["messages"][-1]["content"])))
-                            for r in reasoning]))
+        assert all(v.check([("math", (r["answer"], extract_answer(r["messages"][-1]["content"]))) for r in reasoning]))
     finally:
         v.close()
     per_prompt = {}
@@ -100,20 +107,41 @@ def test_answers_no_rule_can_verify_go_to_the_judge(runs, warm_tiny_model_dir, t
     tiny model itself: its verdicts are poor, but the path is the real one); without a judge they are
     dropped as unverifiable."""
     prompts = tmp_path / "free_form.jsonl"
-    prompts.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in [
-        ("Which colour is the sky on a clear day?", "the blue one"), ("Name the largest ocean.", "the Pacific"),
-        ("What is 2+2?", "4")]))
-    common = ["data.source=file", f"data.path={prompts}", "data.max_examples=null", "stage.samples_per_prompt=2",
-              "stage.shard_size=2"]
+    prompts.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a}) + "\n"
+            for q, a in [
+                ("Which colour is the sky on a clear day?", "the blue one"),
+                ("Name the largest ocean.", "the Pacific"),
+                ("What is 2+2?", "4"),
+            ]
+        )
+    )
+    common = [
+        "data.source=file",
+        f"data.path={prompts}",
+        "data.max_examples=null",
+        "stage.samples_per_prompt=2",
+        "stage.shard_size=2",
+    ]
     p = run_stage3(runs, "nojudge", warm_tiny_model_dir, *common)
-    stats = json.loads((runs / "nojudge" / "stage3" / "data" / "dataset" / "stats.json").read_text()) \
-        if p.returncode == 0 else None
+    stats = (
+        json.loads((runs / "nojudge" / "stage3" / "data" / "dataset" / "stats.json").read_text())
+        if p.returncode == 0
+        else None
+    )
     if stats is not None:  # nothing may survive at all; then the stage says so and fails
         assert stats["removed_by_filter"]["unverifiable"] == 4 and stats["judged"] == 0
     else:
         assert "kept no samples" in p.stdout + p.stderr
-    p = run_stage3(runs, "judged", warm_tiny_model_dir, *common, f"stage.judge.model={warm_tiny_model_dir}",
-                   "stage.general.ratio=0")
+    p = run_stage3(
+        runs,
+        "judged",
+        warm_tiny_model_dir,
+        *common,
+        f"stage.judge.model={warm_tiny_model_dir}",
+        "stage.general.ratio=0",
+    )
     shards = runs / "judged" / "stage3" / "data" / "shards"
     st = [json.loads(x.read_text()) for x in sorted(shards.glob("*.stats.json"))]
     assert sum(s["judged"] for s in st) == 4  # the two free-form prompts x 2 samples
@@ -122,11 +150,20 @@ def test_answers_no_rule_can_verify_go_to_the_judge(runs, warm_tiny_model_dir, t
 
 
 def test_distill_trains_a_student_on_stage3_dataset_and_evaluates_it(reference, runs, tiny_model_dir):
-    cmd = [sys.executable, "-m", "pipeline.launch", "stage=distill", "run_name=ref", f"runs_dir={runs}",
-           f"stage.init_from={tiny_model_dir}", "stage.pack_length=256", "stage.lr=1e-3", "stage.epochs=4",
-           "stage.warmup_steps=0", "stage.eval_samples=2",
-           "stage.eval_max_new_tokens=16", "data.eval_examples=4", *TINY_TASK, "logger=none", "logger.progress=false"]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    p = launch_stage(
+        "distill",
+        runs,
+        "ref",
+        f"stage.init_from={tiny_model_dir}",
+        "stage.pack_length=256",
+        "stage.optim.lr=1e-3",
+        "stage.epochs=4",
+        "stage.optim.warmup_steps=0",
+        "stage.eval_samples=2",
+        "stage.eval_max_new_tokens=16",
+        "data.eval_examples=4",
+        *TINY_TASK,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     manifest = json.loads((runs / "ref" / "distill" / "manifest.json").read_text())
     stage3 = json.loads((reference / "manifest.json").read_text())

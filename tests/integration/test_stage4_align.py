@@ -5,40 +5,42 @@ kill, and stage-4 routes general prompts to the reward models only in its last s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TASK
+from conftest import TINY_TASK, launch_stage
 
-from pipeline.preferences import EVASIVE, embedded_helpfulness
+from pipeline.data.preferences import EVASIVE, embedded_helpfulness
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING = {"time_generate", "time_score", "time_train", "time_sync", "step_seconds", "rollout_tok_per_s",
-          "time_score/reasoning", "time_score/general"}
+TIMING = {
+    "time_generate",
+    "time_score",
+    "time_train",
+    "time_sync",
+    "step_seconds",
+    "rollout_tok_per_s",
+    "time_score/reasoning",
+    "time_score/general",
+}
 
 
-def launch(runs: Path, name: str, *args: str, fault: str | None = None):
-    env = {k: v for k, v in os.environ.items() if k != "R1_FAULT"}
-    if fault:
-        env["R1_FAULT"] = fault
-    cmd = [sys.executable, "-m", "pipeline.launch", f"run_name={name}", f"runs_dir={runs}", *args,
-           "logger=none", "logger.progress=false"]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def launch(runs: Path, name: str, stage: str, *args: str, fault: str | None = None):
+    return launch_stage(stage.removeprefix("stage="), runs, name, *args, fault=fault)
 
 
 def metrics(stage: Path, drop=()) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in drop}
-            for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in (stage / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def rm_args(model: Path, stage: str, data: Path) -> list[str]:
-    args = [f"stage={stage}", f"stage.init_from={model}", "stage.epochs=3", "stage.lr=3e-4", "stage.save_every=4"]
+    args = [f"stage={stage}", f"stage.init_from={model}", "stage.epochs=3", "stage.optim.lr=3e-4", "stage.save_every=4"]
     return args + ([f"stage.data_path={data}"] if stage == "rm_helpful" else [])
 
 
@@ -87,12 +89,25 @@ def test_reward_model_training_resumes_exactly(rms, runs, tiny_model_dir, helpfu
 
 
 def stage4_args(model: Path, rms: Path) -> list[str]:
-    return ["stage=stage4", f"stage.init_from={model}", "stage.steps=4", "stage.prompts_per_step=2",
-            "stage.group_size=4", "stage.general_prompts_per_step=2", "stage.general_last_steps=2",
-            f"stage.reward_models.helpfulness={rms / 'rm_helpful' / 'export'}",
-            f"stage.reward_models.harmlessness={rms / 'rm_safety' / 'export'}",
-            "stage.rollout.max_new_tokens=32", "stage.eval_every=4", "stage.save_every=2", "stage.lr=1e-4",
-            "stage.watch_window=2", "data.num_examples=16", "data.eval_examples=4", *TINY_TASK]
+    return [
+        "stage=stage4",
+        f"stage.init_from={model}",
+        "stage.steps=4",
+        "stage.prompts_per_step=2",
+        "stage.group_size=4",
+        "stage.general_prompts_per_step=2",
+        "stage.general_last_steps=2",
+        f"stage.reward_models.helpfulness={rms / 'rm_helpful' / 'export'}",
+        f"stage.reward_models.harmlessness={rms / 'rm_safety' / 'export'}",
+        "stage.rollout.max_new_tokens=32",
+        "stage.eval_every=4",
+        "stage.save_every=2",
+        "stage.optim.lr=1e-4",
+        "stage.watch_window=2",
+        "data.num_examples=16",
+        "data.eval_examples=4",
+        *TINY_TASK,
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import torch
 pytestmark = pytest.mark.integration
 vllm = pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
-from pipeline.rl import Sample, packed_logprobs  # noqa: E402
-from pipeline.rollout import Completion, VLLMRollout  # noqa: E402
+from pipeline.rl.batch import Sample  # noqa: E402
+from pipeline.rl.rollout import Sampling, VLLMRollout  # noqa: E402
+from pipeline.rl.update import packed_logprobs  # noqa: E402
 
 # fp32 on both sides; the two stacks use different kernels (vLLM's CPU attention and GEMMs vs
 # torch sdpa); measured on 2 CPU cores: max 5e-5, mean 8e-6 per token. Tolerance 1e-3.
@@ -40,13 +41,13 @@ def hf_model(base_dir):
 @pytest.fixture(scope="module")
 def prompts(tokenizer):
     msgs = [[{"role": "user", "content": q}] for q in ("What is 7 + 5?", "Name a colour.", "Count to five.")]
-    return [list(tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True)["input_ids"])
-            for m in msgs]
+    return [
+        list(tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True)["input_ids"]) for m in msgs
+    ]
 
 
 def test_sampled_logprobs_match_the_trainer(engine, hf_model, prompts, tokenizer):
-    outs = engine.generate(prompts, 2, temperature=0.8, top_p=1.0, max_tokens=24, seeds=[1, 2, 3],
-                           stop_token_ids=[tokenizer.eos_token_id])
+    outs = engine.generate(prompts, Sampling(2, 0.8, 1.0, 24), seeds=[1, 2, 3], stop_token_ids=[tokenizer.eos_token_id])
     samples = [Sample(prompt_ids=p, completion=c, reward=0.0) for p, g in zip(prompts, outs) for c in g]
     with torch.no_grad():
         trainer = packed_logprobs(hf_model, samples, 0.8, torch.device("cpu"), 4096)
@@ -57,15 +58,14 @@ def test_sampled_logprobs_match_the_trainer(engine, hf_model, prompts, tokenizer
 
 
 def test_same_seed_same_samples(engine, prompts):
-    a = engine.generate(prompts, 2, temperature=1.0, top_p=1.0, max_tokens=16, seeds=[5, 6, 7])
-    b = engine.generate(prompts, 2, temperature=1.0, top_p=1.0, max_tokens=16, seeds=[5, 6, 7])
+    a = engine.generate(prompts, Sampling(2, 1.0, 1.0, 16), seeds=[5, 6, 7])
+    b = engine.generate(prompts, Sampling(2, 1.0, 1.0, 16), seeds=[5, 6, 7])
     assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
 
 
 def test_weight_sync_changes_output_and_restoring_brings_it_back(engine, hf_model, prompts):
     def greedy():
-        return [g[0].token_ids for g in engine.generate(prompts, 1, temperature=0.0, top_p=1.0, max_tokens=16,
-                                                       seeds=[0, 0, 0])]
+        return [g[0].token_ids for g in engine.generate(prompts, Sampling(1, 0.0, 1.0, 16), seeds=[0, 0, 0])]
 
     before = greedy()
     original = [(n, p.detach().clone()) for n, p in hf_model.named_parameters()]
@@ -88,8 +88,9 @@ def test_after_a_sync_vllm_samples_from_exactly_the_pushed_weights(engine, hf_mo
             for _, p in hf_model.named_parameters():  # embed_tokens (= lm_head) included
                 p.add_(0.02 * p.abs().mean() * torch.randn_like(p))
         engine.push_weights([(n, p.detach()) for n, p in hf_model.named_parameters()])
-        outs = engine.generate(prompts, 2, temperature=1.0, top_p=1.0, max_tokens=24, seeds=[4, 5, 6],
-                               stop_token_ids=[tokenizer.eos_token_id])
+        outs = engine.generate(
+            prompts, Sampling(2, 1.0, 1.0, 24), seeds=[4, 5, 6], stop_token_ids=[tokenizer.eos_token_id]
+        )
         samples = [Sample(prompt_ids=p, completion=c, reward=0.0) for p, g in zip(prompts, outs) for c in g]
         with torch.no_grad():
             trainer = packed_logprobs(hf_model, samples, 1.0, torch.device("cpu"), 4096)

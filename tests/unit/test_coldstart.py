@@ -2,13 +2,23 @@ import ast
 
 import pytest
 
-from pipeline.coldstart import arithmetic_cot, examples
-from pipeline.r1format import extract_boxed, is_r1_format
+from pipeline.data.coldstart import arithmetic_cot, examples
+from pipeline.data.r1format import extract_boxed, is_r1_format
 
 
-@pytest.mark.parametrize("expr", ["4 - 1 - 7", "2 - -1", "8 - 4 * 3 * -4 + 6", "( 56 + -33 ) - 84",
-                                  "-( ( -6915 / 5 ) - 7652 + 4844 ) - 7314", "( ( -9 - 6 ) - -( -3 * 4 ) ) * 2 / 2",
-                                  "-( -( 1 + 2 ) + -9 + -9 + -5 )", "7"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "4 - 1 - 7",
+        "2 - -1",
+        "8 - 4 * 3 * -4 + 6",
+        "( 56 + -33 ) - 84",
+        "-( ( -6915 / 5 ) - 7652 + 4844 ) - 7314",
+        "( ( -9 - 6 ) - -( -3 * 4 ) ) * 2 / 2",
+        "-( -( 1 + 2 ) + -9 + -9 + -5 )",
+        "7",
+    ],
+)
 def test_arithmetic_cot_reaches_the_true_value(expr):
     reasoning, answer = arithmetic_cot(expr)
     assert int(answer) == eval(compile(ast.parse(expr, mode="eval"), "<e>", "eval"))

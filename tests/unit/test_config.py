@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import ConfigError, compose, validate
-from pipeline.paths import CONF_DIR, REPO_ROOT
+from pipeline.run.config import ConfigError, compose, validate
+from pipeline.run.paths import CONF_DIR, REPO_ROOT
 
 STAGES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
 
@@ -18,20 +18,24 @@ def test_defaults_compose_and_resolve_paths():
 
 
 def test_overrides_apply_with_types():
-    cfg = compose(["stage.lr=3e-5", "deepspeed=zero3", "run_name=x", "data.tasks=[chain_sum]"])
-    assert cfg.stage.lr == pytest.approx(3e-5) and isinstance(cfg.stage.lr, float)
+    cfg = compose(["stage.optim.lr=3e-5", "deepspeed=zero3", "run_name=x", "data.tasks=[chain_sum]"])
+    assert cfg.stage.optim.lr == pytest.approx(3e-5) and isinstance(cfg.stage.optim.lr, float)
     assert cfg.deepspeed.zero_stage == 3
     assert list(cfg.data.tasks) == ["chain_sum"]
 
 
-@pytest.mark.parametrize("override, key", [
-    ("stage.lrr=1", "stage.lrr"),
-    ("+stage.lrr=1", "stage.lrr"),
-    ("stage.lr=fast", "stage.lr"),
-    ("deepspeed.zero_stage=5", "deepspeed.zero_stage"),
-    ("logger.wandb_mode=sometimes", "logger.wandb_mode"),
-    ("+modle.path=/x", "modle"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("stage.lrr=1", "stage.lrr"),
+        ("+stage.lrr=1", "stage.lrr"),
+        ("stage.optim.lr=fast", "stage.optim.lr"),
+        ("stage.lr=1e-5", "stage.optim.lr"),  # renamed: the error names the new key
+        ("deepspeed.zero_stage=5", "deepspeed.zero_stage"),
+        ("logger.wandb_mode=sometimes", "logger.wandb_mode"),
+        ("+modle.path=/x", "modle"),
+    ],
+)
 def test_bad_override_fails_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         compose([override])
@@ -85,7 +89,7 @@ def test_every_stage_field_can_be_overridden_from_the_command_line(stage_file):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from pipeline.config import STAGE_SCHEMAS
+    from pipeline.run.config import STAGE_SCHEMAS
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         raw = hydra_compose(config_name="config", overrides=[f"stage={stage_file}"])
@@ -108,6 +112,39 @@ def test_cpu_fast_preset_sizes_each_stage_and_yields_to_the_command_line():
     assert compose(["stage=stage2"]).stage.steps == 10  # the plain CPU default is untouched
     fast = compose(["stage=stage2", "experiment=cpu_fast"]).stage
     assert fast.steps == 3 and fast.eval_every == 0
-    assert compose(["stage=stage1", "experiment=cpu_fast"]).data.num_examples < compose(["stage=stage1"]).data.num_examples
+    assert (
+        compose(["stage=stage1", "experiment=cpu_fast"]).data.num_examples < compose(["stage=stage1"]).data.num_examples
+    )
     assert compose(["stage=eval", "experiment=cpu_fast"]).stage.samples == 0
     assert compose(["stage=stage2", "experiment=cpu_fast", "stage.steps=7"]).stage.steps == 7
+
+
+@pytest.mark.parametrize(
+    "old, new", sorted(__import__("pipeline.run.config", fromlist=["RENAMED_KEYS"]).RENAMED_KEYS.items())
+)
+def test_renamed_keys_fail_naming_the_new_key(old, new):
+    with pytest.raises(ConfigError, match=f"'{old}' was renamed: use '{new}'"):
+        compose([f"{old}=1"])
+    raw = OmegaConf.create(OmegaConf.to_container(compose([])))  # an old YAML (a preset) spelling it the old way
+    raw.stage[old.split(".")[1]] = 1
+    with pytest.raises(ConfigError, match=f"use '{new}'"):
+        validate(raw)
+
+
+@pytest.mark.parametrize("stage_file", STAGES)
+def test_stage_yaml_holds_only_what_differs_from_its_schema(stage_file):
+    """One source of truth: a stage file that restates a schema default is a second copy that can drift."""
+    import dataclasses
+
+    from pipeline.run.schema import STAGE_SCHEMAS
+
+    text = OmegaConf.load(CONF_DIR / "stage" / f"{stage_file}.yaml")
+    stage = text.get("stage", text) if "stage" in text else text
+    cfg = compose([f"stage={stage_file}"])
+    defaults = OmegaConf.structured(STAGE_SCHEMAS[cfg.stage.kind])
+    restated = [
+        f.name
+        for f in dataclasses.fields(STAGE_SCHEMAS[cfg.stage.kind])
+        if f.name in stage and f.name not in ("catalog",) and stage[f.name] == defaults[f.name]
+    ]
+    assert not restated, f"conf/stage/{stage_file}.yaml restates schema defaults {restated}"

@@ -3,8 +3,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import compose
-from pipeline.data import DataError, load_rows, read_jsonl, sha256_file, write_jsonl
+from pipeline.data.sources import DataError, load_rows, read_jsonl, sha256_file, write_jsonl
+from pipeline.run.config import compose
 
 GOOD = "<think>\n1 + 1 = 2.\n</think>\n\nSo 2. The answer is \\boxed{2}."
 
@@ -18,7 +18,7 @@ def data_cfg(**over):
 
 
 def write(path, lines):
-    path.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return path
 
 
@@ -30,8 +30,11 @@ def test_jsonl_prompt_response_rows_get_system_prompt(tmp_path):
 
 
 def test_jsonl_messages_rows_keep_their_system_prompt(tmp_path):
-    msgs = [{"role": "system", "content": "mine"}, {"role": "user", "content": "q"},
-            {"role": "assistant", "content": GOOD}]
+    msgs = [
+        {"role": "system", "content": "mine"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": GOOD},
+    ]
     p = write(tmp_path / "d.jsonl", [{"messages": msgs}])
     assert load_rows(data_cfg(path=str(p)))[0]["messages"] == msgs
 

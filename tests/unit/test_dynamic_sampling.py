@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import compose
-from pipeline.rewards import RewardContext
-from pipeline.rl import PromptPool, collect, prompt_index
-from pipeline.rollout import Completion
-from pipeline.verify import Verifier
+from pipeline.rl.batch import PromptPool, collect, prompt_index
+from pipeline.rl.rewards import RewardContext
+from pipeline.rl.rollout import Completion
+from pipeline.rl.verify import Verifier
+from pipeline.run.config import compose
 
 G = 4
 
@@ -21,14 +21,24 @@ class ScriptedRollout:
     def __init__(self):
         self.calls = []
 
-    def generate(self, prompts, n, **kw):
+    def generate(self, prompts, sampling, **kw):
+        n = sampling.n
         self.calls.append([p[0] for p in prompts])
         out = []
         for p in prompts:
             i = p[0]
             right = [True] * n if i % 2 == 0 else [j % 2 == 0 for j in range(n)]
-            out.append([Completion(token_ids=[1, 2], logprobs=[0.0, 0.0], truncated=False,
-                                   text=f"<think>x</think>\\boxed{{{i if ok else -1}}}") for ok in right])
+            out.append(
+                [
+                    Completion(
+                        token_ids=[1, 2],
+                        logprobs=[0.0, 0.0],
+                        truncated=False,
+                        text=f"<think>x</think>\\boxed{{{i if ok else -1}}}",
+                    )
+                    for ok in right
+                ]
+            )
         return out
 
 
@@ -40,13 +50,22 @@ def ctx():
 
 
 def run(ctx, dynamic: bool, rounds: int = 3):
-    cfg = compose(["stage=stage2", "stage.prompts_per_step=2", f"stage.group_size={G}",
-                   f"stage.dynamic_sampling={str(dynamic).lower()}", f"stage.max_refill_rounds={rounds}",
-                   "stage.rewards={accuracy: 1.0, format: 0.0, language: 0.0}"])
+    cfg = compose(
+        [
+            "stage=stage2",
+            "stage.prompts_per_step=2",
+            f"stage.group_size={G}",
+            f"stage.dynamic_sampling={str(dynamic).lower()}",
+            f"stage.max_refill_rounds={rounds}",
+            "stage.rewards={accuracy: 1.0, format: 0.0, language: 0.0}",
+        ]
+    )
     records = [{"id": str(i), "question": "q", "answer": str(i), "task": "math", "entry": None} for i in range(12)]
     prompt_ids = [[i] for i in range(12)]
     rollout = ScriptedRollout()
-    pool = PromptPool("reasoning", records, prompt_ids, dict(cfg.stage.rewards), lambda step: cfg.stage.prompts_per_step)
+    pool = PromptPool(
+        "reasoning", records, prompt_ids, dict(cfg.stage.rewards), lambda step: cfg.stage.prompts_per_step
+    )
     batch, cursor = collect(rollout, pool, 0, 0, cfg, ctx, 0, 1, [0])
     order = [prompt_index(c, 12, cfg.stage.seed) for c in range(cursor)]
     return batch, cursor, order, rollout
@@ -64,8 +83,10 @@ def test_dynamic_sampling_drops_flat_groups_and_refills(ctx):
     informative = [i for i in order if i % 2 == 1]
     assert batch.groups == 2 and len(batch.samples) == 2 * G
     assert batch.dropped_groups == len(flat) and batch.prompts_drawn == cursor == len(order)
-    assert {int(x.completion.text.split("{")[1].split("}")[0]) for x in batch.samples if x.reward > 0} == set(informative[:2])
-    assert all(abs(sum(x.advantage for x in batch.samples[g * G:(g + 1) * G])) < 1e-6 for g in range(2))
+    assert {int(x.completion.text.split("{")[1].split("}")[0]) for x in batch.samples if x.reward > 0} == set(
+        informative[:2]
+    )
+    assert all(abs(sum(x.advantage for x in batch.samples[g * G : (g + 1) * G])) < 1e-6 for g in range(2))
     assert len(rollout.calls) >= 2 or not flat  # a refill round asked the engine for more prompts
 
 

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, compose
-from pipeline.evaluate import evaluate_prompts, last_number_correct, vote_key
-from pipeline.maths import majority_vote, pass_at_k
-from pipeline.rewards import RewardContext
-from pipeline.rollout import Completion
-from pipeline.verify import Verifier
+from pipeline.eval.maths import majority_vote, pass_at_k
+from pipeline.eval.protocol import evaluate_prompts, last_number_correct, vote_key
+from pipeline.rl.rewards import RewardContext
+from pipeline.rl.rollout import Completion, Sampling
+from pipeline.rl.verify import Verifier
+from pipeline.run.config import ConfigError, compose
 from stages.evaluate import load_benchmark, markdown_table
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -49,22 +49,29 @@ class ScriptedEngine:
     def __init__(self, greedy: list[str], sampled: list[list[str]]):
         self.greedy, self.sampled = greedy, sampled
 
-    def generate(self, prompts, n, *, temperature, **_):
-        texts = [[g] for g in self.greedy] if temperature == 0.0 else self.sampled
-        assert len(texts) == len(prompts) and all(len(t) == n for t in texts)
+    def generate(self, prompts, sampling, **_):
+        texts = [[g] for g in self.greedy] if sampling.temperature == 0.0 else self.sampled
+        assert len(texts) == len(prompts) and all(len(t) == sampling.n for t in texts)
         return [[Completion([1, 2, 3], [0.0] * 3, t, False) for t in group] for group in texts]
 
 
 def test_evaluate_prompts_greedy_pass1_and_cons():
     ans = lambda v: f"<think>\nadd\n</think>\n\nThe answer is \\boxed{{{v}}}."  # noqa: E731
-    records = [{"id": "a", "question": "1+1", "answer": "2", "task": "math", "entry": None},
-               {"id": "b", "question": "2+2", "answer": "4", "task": "math", "entry": None}]
-    engine = ScriptedEngine(greedy=[ans(2), ans(5)],
-                            sampled=[[ans(2), ans(3), ans(3), ans(2)],  # 2 right; tie 2 vs 3 -> 2 (first): right
-                                     [ans(4), ans(5), ans(5), "no answer"]])  # 1 right; vote 5: wrong
+    records = [
+        {"id": "a", "question": "1+1", "answer": "2", "task": "math", "entry": None},
+        {"id": "b", "question": "2+2", "answer": "4", "task": "math", "entry": None},
+    ]
+    engine = ScriptedEngine(
+        greedy=[ans(2), ans(5)],
+        sampled=[
+            [ans(2), ans(3), ans(3), ans(2)],  # 2 right; tie 2 vs 3 -> 2 (first): right
+            [ans(4), ans(5), ans(5), "no answer"],
+        ],
+    )  # 1 right; vote 5: wrong
     ctx = RewardContext(verifier=Verifier(workers=1))
-    m, rows = evaluate_prompts(engine, [[1], [2]], records, ctx, samples=4, temperature=0.6, top_p=0.95,
-                               max_tokens=8, seed=0, stop_ids=[0])
+    m, rows = evaluate_prompts(
+        engine, [[1], [2]], records, ctx, sampling=Sampling(4, 0.6, 0.95, 8), seed=0, stop_ids=[0]
+    )
     assert m["greedy_accuracy"] == 0.5
     assert m["pass@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
     assert m["pass@4"] == 1.0
@@ -74,10 +81,14 @@ def test_evaluate_prompts_greedy_pass1_and_cons():
 
 
 def test_markdown_table_puts_models_side_by_side():
-    results = {"base": {"heldout": {"greedy_accuracy": 0.1, "pass@1": 0.05, "cons@4": 0.1, "pass@4": 0.2,
-                                    "sample_len_mean": 90.0}},
-               "stage1": {"heldout": {"greedy_accuracy": 0.5, "pass@1": 0.4, "cons@4": 0.5, "pass@4": 0.8,
-                                      "sample_len_mean": 120.0}}}
+    results = {
+        "base": {
+            "heldout": {"greedy_accuracy": 0.1, "pass@1": 0.05, "cons@4": 0.1, "pass@4": 0.2, "sample_len_mean": 90.0}
+        },
+        "stage1": {
+            "heldout": {"greedy_accuracy": 0.5, "pass@1": 0.4, "cons@4": 0.5, "pass@4": 0.8, "sample_len_mean": 120.0}
+        },
+    }
     results["base"]["heldout"].update(greedy_lenient=0.25, greedy_format=0.0)
     table = markdown_table(results, ["heldout"], 4)
     assert "| model | greedy_accuracy | greedy_lenient | greedy_format | pass@1 | cons@4 | pass@4 |" in table
@@ -92,28 +103,32 @@ def test_markdown_table_without_samples_has_greedy_columns_only():
     assert "| base | 0.0% | 4.0% | 0.0% |" in table and "@0" not in table
 
 
-@pytest.mark.parametrize("text,gold,expected", [
-    ("So the answer is 23.", "23", True),
-    ("5 + 7 = 12, then 12 - 3 = 9. The result is 9.", "9", True),
-    ("The difference is 23 - 92 = 23.", "69", False),
-    ("-27 + 41 = -14", "14", False),  # sign matters
-    ("Total: 1,024 apples", "1024", True),  # thousands separator
-    ("it is 2.50", "2.5", True),
-    ("no digits here", "7", False),
-    ("\\boxed{7}", "seven", None),  # a non-numeric gold is not judged
-])
+@pytest.mark.parametrize(
+    "text,gold,expected",
+    [
+        ("So the answer is 23.", "23", True),
+        ("5 + 7 = 12, then 12 - 3 = 9. The result is 9.", "9", True),
+        ("The difference is 23 - 92 = 23.", "69", False),
+        ("-27 + 41 = -14", "14", False),  # sign matters
+        ("Total: 1,024 apples", "1024", True),  # thousands separator
+        ("it is 2.50", "2.5", True),
+        ("no digits here", "7", False),
+        ("\\boxed{7}", "seven", None),  # a non-numeric gold is not judged
+    ],
+)
 def test_last_number_correct(text, gold, expected):
     assert last_number_correct(text, gold) is expected
 
 
 def test_greedy_lenient_counts_right_numbers_without_format():
-    records = [{"id": "a", "question": "1+1", "answer": "2", "task": "math", "entry": None},
-               {"id": "b", "question": "2+2", "answer": "4", "task": "math", "entry": None}]
+    records = [
+        {"id": "a", "question": "1+1", "answer": "2", "task": "math", "entry": None},
+        {"id": "b", "question": "2+2", "answer": "4", "task": "math", "entry": None},
+    ]
     boxed5 = "<think>\n2 + 2\n</think>\n\nThe answer is \\boxed{5}."  # format right, answer wrong
     engine = ScriptedEngine(greedy=["1 + 1 makes 2.", boxed5], sampled=[])
     ctx = RewardContext(verifier=Verifier(workers=1))
-    m, _ = evaluate_prompts(engine, [[1], [2]], records, ctx, samples=0, temperature=0.6, top_p=0.95,
-                            max_tokens=8, seed=0, stop_ids=[0])
+    m, _ = evaluate_prompts(engine, [[1], [2]], records, ctx, sampling=Sampling(0, 0.6, 0.95, 8), seed=0, stop_ids=[0])
     assert m["greedy_accuracy"] == 0.0 and m["greedy_lenient"] == 0.5 and "pass@1" not in m
 
 

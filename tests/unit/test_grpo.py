@@ -5,9 +5,17 @@ import math
 import pytest
 import torch
 
-from pipeline import grpo
-from pipeline.grpo import (aggregate, gather_logprobs, group_advantages, k3_kl, policy_loss, response_mask,
-                           token_entropy, zero_variance_groups)
+from pipeline.rl import maths as grpo
+from pipeline.rl.maths import (
+    aggregate,
+    gather_logprobs,
+    group_advantages,
+    k3_kl,
+    policy_loss,
+    response_mask,
+    token_entropy,
+    zero_variance_groups,
+)
 
 
 def test_group_advantages_std_and_dr_grpo():
@@ -90,12 +98,13 @@ def test_logprob_and_entropy_helpers():
     logits = torch.tensor([[[0.0, math.log(3.0)]]])
     assert gather_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
     assert gather_logprobs(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(
-        math.log(math.sqrt(3) / (1 + math.sqrt(3))))
+        math.log(math.sqrt(3) / (1 + math.sqrt(3)))
+    )
     assert token_entropy(torch.zeros(1, 1, 4)).item() == pytest.approx(math.log(4))
 
 
 def test_request_seeds_are_deterministic_and_their_sample_ranges_never_overlap():
-    from pipeline.rollout import request_seed
+    from pipeline.rl.rollout import request_seed
 
     assert request_seed(42, 3, 7) == request_seed(42, 3, 7)
     n = 16  # vLLM seeds sample i of a request with seed + i
@@ -122,8 +131,18 @@ def test_chunked_losses_sum_to_the_batch_loss_and_gradient(how):
     total_tokens = float(mask.sum())
     acc, g = 0.0, torch.zeros_like(logits)
     for rows in ([0, 1], [2], [3, 4]):
-        out = grpo.policy_loss(logits[rows], old[rows], adv[rows], mask[rows], 0.2, 0.28, beta=0.1, ref_logp=ref[rows],
-                               aggregation=how, max_len=T)
+        out = grpo.policy_loss(
+            logits[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            0.2,
+            0.28,
+            beta=0.1,
+            ref_logp=ref[rows],
+            aggregation=how,
+            max_len=T,
+        )
         w = grpo.chunk_weight(how, len(rows), B, float(mask[rows].sum()), total_tokens)
         (gr,) = torch.autograd.grad(out.loss * w, logits)
         acc += out.loss.item() * w

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.maths import IGNORE, global_token_mean_scale, token_nll_sum, warmup_cosine
+from pipeline.train.maths import IGNORE, global_token_mean_scale, token_nll_sum, warmup_cosine
 
 
 def test_warmup_cosine_hand_values():
@@ -39,7 +39,7 @@ def test_scaled_micro_sums_give_the_global_token_mean_gradient():
 
 
 def test_bradley_terry_and_pointwise_hand_values():
-    from pipeline.maths import bradley_terry_loss, pointwise_loss
+    from pipeline.train.maths import bradley_terry_loss, pointwise_loss
 
     # -log σ(2 - 0) = log(1 + e^-2); -log σ(0) = log 2
     got = bradley_terry_loss(torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]))

@@ -1,11 +1,15 @@
 import torch
 
-from pipeline.maths import IGNORE, token_nll_sum
-from pipeline.packing import build_plan, collate, pack, tokenize_chat
+from pipeline.data.packing import build_plan, collate, pack, tokenize_chat
+from pipeline.train.maths import IGNORE, token_nll_sum
 
-CHAT = [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "<think>x</think> ok"}, {"role": "user", "content": "again"},
-        {"role": "assistant", "content": "yes"}]
+CHAT = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "<think>x</think> ok"},
+    {"role": "user", "content": "again"},
+    {"role": "assistant", "content": "yes"},
+]
 
 
 def test_loss_only_on_assistant_turns(tokenizer):
@@ -41,11 +45,13 @@ def test_packed_equals_separate(tiny_model_dir, tokenizer):
     chats = [CHAT, [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>4</think> 4"}]]
     exs = [tokenize_chat(tokenizer, c) for c in chats]
     with torch.no_grad():
-        separate = sum(token_nll_sum(model(input_ids=b["input_ids"]).logits, b["targets"])
-                       for b in (collate([e]) for e in exs))
+        separate = sum(
+            token_nll_sum(model(input_ids=b["input_ids"]).logits, b["targets"]) for b in (collate([e]) for e in exs)
+        )
         b = collate(exs)
-        packed = token_nll_sum(model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits,
-                               b["targets"])
+        packed = token_nll_sum(
+            model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits, b["targets"]
+        )
         # without position resets the second example would see the first: a different loss
         leaky = token_nll_sum(model(input_ids=b["input_ids"]).logits, b["targets"])
     torch.testing.assert_close(packed, separate, rtol=1e-5, atol=1e-4)

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import compose
-from pipeline.data import DataError
-from pipeline.prompts import file_prompts, gsm8k_answer, load_prompts
-from pipeline.rewards import RewardContext, accuracy_reward
-from pipeline.verify import Verifier
+from pipeline.data.prompts import file_prompts, gsm8k_answer, load_prompts
+from pipeline.data.sources import DataError
+from pipeline.rl.rewards import RewardContext, accuracy_reward
+from pipeline.rl.verify import Verifier
+from pipeline.run.config import compose
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not beside the checkout")

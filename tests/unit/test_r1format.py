@@ -1,4 +1,4 @@
-from pipeline.r1format import extract_boxed, format_response, is_r1_format, split_think
+from pipeline.data.r1format import extract_boxed, format_response, is_r1_format, split_think
 
 
 def test_format_round_trip():

@@ -6,11 +6,19 @@ import json
 
 import pytest
 
-from pipeline.config import compose
-from pipeline.judge import judge_messages, parse_verdict
-from pipeline.rejection import (FILTERS, ShardStats, dedup_key, length_summary, longest_paragraph_words, readability_failure,
-                                select, summarise)
-from pipeline.rollout import Completion
+from pipeline.data.rejection import (
+    FILTERS,
+    ShardStats,
+    dedup_key,
+    length_summary,
+    longest_paragraph_words,
+    readability_failure,
+    select,
+    summarise,
+)
+from pipeline.rl.judge import judge_messages, parse_verdict
+from pipeline.rl.rollout import Completion
+from pipeline.run.config import compose
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +44,12 @@ def test_readability_filters(cfg):
     assert readability_failure(split, "chain_sum", r, "en") is None  # two short paragraphs are fine
     code = "<think>\n```python\nprint(2 + 3)\n```\n</think>\n\n\\boxed{5}"
     assert readability_failure(code, "chain_sum", r, "en") == "code_block"
-    assert readability_failure(code, "coding", compose(["stage=stage3", "stage.readability.code_tasks=[coding]"])
-                               .stage.readability, "en") is None
+    assert (
+        readability_failure(
+            code, "coding", compose(["stage=stage3", "stage.readability.code_tasks=[coding]"]).stage.readability, "en"
+        )
+        is None
+    )
 
 
 def test_helpers():
@@ -49,10 +61,14 @@ def test_helpers():
 
 
 def test_select_counts_every_removal(cfg):
-    recs = [{"id": "a", "question": "2+3?", "answer": "5", "task": "chain_sum"},
-            {"id": "b", "question": "1+1?", "answer": "2", "task": "basic_arithmetic"}]
-    groups = [[C(GOOD), C(GOOD.replace("2 + 3", "2+3")), C(GOOD), C("wrong"), C(GOOD + " again"), C("<think></think>")],
-              [C("x"), C("y")]]
+    recs = [
+        {"id": "a", "question": "2+3?", "answer": "5", "task": "chain_sum"},
+        {"id": "b", "question": "1+1?", "answer": "2", "task": "basic_arithmetic"},
+    ]
+    groups = [
+        [C(GOOD), C(GOOD.replace("2 + 3", "2+3")), C(GOOD), C("wrong"), C(GOOD + " again"), C("<think></think>")],
+        [C("x"), C("y")],
+    ]
     correct = [[True, True, True, False, True, None], [False, False]]
     fmt = [[True, True, True, False, True, False], [False, False]]
     rows, st = select(recs, groups, correct, fmt, cfg, "en", "SYS")
@@ -83,7 +99,7 @@ def test_judge_verdicts_and_prompt():
 
 
 def test_stage3_config_checks():
-    from pipeline.config import ConfigError
+    from pipeline.run.config import ConfigError
 
     with pytest.raises(ConfigError, match="stage.readability.max_per_promt"):
         compose(["stage=stage3", "stage.readability.max_per_promt=3"])
@@ -96,18 +112,20 @@ def test_stage3_config_checks():
 def test_dataset_mixes_general_data_and_loads_with_datasets(tmp_path):
     import datasets
 
-    from pipeline import data as data_lib
+    from pipeline.data import sources as data_lib
     from stages.stage3_rs import build_dataset, shard_path
 
     cfg = compose(["stage=stage3", f"runs_dir={tmp_path}", "stage.general.ratio=0.5"])
     recs = [{"id": str(i), "question": f"{i}+1?", "answer": str(i + 1), "task": "chain_sum"} for i in range(6)]
     for shard in (0, 1):
-        part = recs[3 * shard:3 * shard + 3]
+        part = recs[3 * shard : 3 * shard + 3]
         groups = [[C(GOOD.replace("5", str(int(r["answer"]))))] for r in part]
         rows, st = select(part, groups, [[True]] * 3, [[True]] * 3, cfg.stage, "en", "SYS")
         data_lib.write_jsonl(rows, shard_path(tmp_path, shard))
-        data_lib.write_json({**st.to_dict(), "seconds": 1.0, "generate_seconds": 1.0, "tok_per_s": 30.0},
-                   shard_path(tmp_path, shard).with_suffix(".stats.json"))
+        data_lib.write_json(
+            {**st.to_dict(), "seconds": 1.0, "generate_seconds": 1.0, "tok_per_s": 30.0},
+            shard_path(tmp_path, shard).with_suffix(".stats.json"),
+        )
     info = build_dataset(cfg, tmp_path)
     out = tmp_path / "data" / "dataset"
     stats = json.loads((out / "stats.json").read_text())
@@ -123,7 +141,7 @@ def test_dataset_mixes_general_data_and_loads_with_datasets(tmp_path):
 
 
 def test_free_text_gold_answers_are_recognised():
-    from pipeline.verify import is_free_text
+    from pipeline.rl.verify import is_free_text
 
     for gold in ("the Pacific", "Paris", "the blue one"):
         assert is_free_text(gold), gold  # math-verify would parse these as products of symbols

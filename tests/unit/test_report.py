@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline.report import build
+from pipeline.run.report import build
 
 
 def write(path, recs):
@@ -13,14 +13,32 @@ def write(path, recs):
 def test_report_renders_every_plot(tmp_path):
     run = tmp_path / "r"
     write(run / "stage1" / "metrics.jsonl", [{"step": i, "loss": 2.0 / i} for i in range(1, 11)])
-    write(run / "stage2" / "metrics.jsonl",
-          [{"step": 0, "eval/greedy_accuracy": 0.2, "eval/pass@1": 0.18}]
-          + [{"step": i, "reward": 0.5 + 0.01 * i, "reward/accuracy": 0.3, "reward/format": 0.9, "accuracy": 0.3,
-              "response_len_mean": 100 + i, "response_len_max": 150, "reflection_per_response": 2.0} for i in range(1, 6)])
+    write(
+        run / "stage2" / "metrics.jsonl",
+        [{"step": 0, "eval/greedy_accuracy": 0.2, "eval/pass@1": 0.18}]
+        + [
+            {
+                "step": i,
+                "reward": 0.5 + 0.01 * i,
+                "reward/accuracy": 0.3,
+                "reward/format": 0.9,
+                "accuracy": 0.3,
+                "response_len_mean": 100 + i,
+                "response_len_max": 150,
+                "reflection_per_response": 2.0,
+            }
+            for i in range(1, 6)
+        ],
+    )
     (run / "eval").mkdir()
-    (run / "eval" / "results.json").write_text(json.dumps(
-        {"base": {"heldout": {"greedy_accuracy": 0.05, "pass@1": 0.04, "cons@4": 0.05}},
-         "stage1": {"heldout": {"greedy_accuracy": 0.2, "pass@1": 0.18, "cons@4": 0.19}}}))
+    (run / "eval" / "results.json").write_text(
+        json.dumps(
+            {
+                "base": {"heldout": {"greedy_accuracy": 0.05, "pass@1": 0.04, "cons@4": 0.05}},
+                "stage1": {"heldout": {"greedy_accuracy": 0.2, "pass@1": 0.18, "cons@4": 0.19}},
+            }
+        )
+    )
     md = build(run)
     text = md.read_text()
     for name in ("accuracy.png", "sft_loss.png", "stage2_rl.png"):

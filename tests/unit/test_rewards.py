@@ -4,9 +4,17 @@ import time
 
 import pytest
 
-from pipeline.rewards import (REWARDS, RewardContext, accuracy_reward, extract_answer, format_reward,
-                              language_reward, language_share, score)
-from pipeline.verify import Verifier
+from pipeline.rl.rewards import (
+    REWARDS,
+    RewardContext,
+    accuracy_reward,
+    extract_answer,
+    format_reward,
+    language_reward,
+    language_share,
+    score,
+)
+from pipeline.rl.verify import Verifier
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +36,22 @@ def test_registry_names():
 
 
 def test_accuracy_math_verify_equivalences(ctx):
-    comps = [GOOD, "<think>x</think> \\boxed{\\frac{1}{2}}", "<think>x</think> \\boxed{0.5}",
-             "<think>x</think> \\boxed{5}", "<think>x</think> no box 4", "<think>x</think> \\boxed{4}"]
-    recs = [math_rec("4"), math_rec("0.5"), math_rec("\\frac{1}{2}"), math_rec("4"), math_rec("4"),
-            math_rec("\\unparsable{{{")]
+    comps = [
+        GOOD,
+        "<think>x</think> \\boxed{\\frac{1}{2}}",
+        "<think>x</think> \\boxed{0.5}",
+        "<think>x</think> \\boxed{5}",
+        "<think>x</think> no box 4",
+        "<think>x</think> \\boxed{4}",
+    ]
+    recs = [
+        math_rec("4"),
+        math_rec("0.5"),
+        math_rec("\\frac{1}{2}"),
+        math_rec("4"),
+        math_rec("4"),
+        math_rec("\\unparsable{{{"),
+    ]
     assert accuracy_reward(comps, recs, ctx) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
 
 
@@ -82,18 +102,21 @@ def test_verifier_hard_kills_a_stuck_worker():
         v.close()
 
 
-@pytest.mark.parametrize("text, expected", [
-    (GOOD, 1.0),
-    ("<think>\n\n</think> \\boxed{4}", 0.0),  # empty reasoning
-    ("<think>a</think><think>b</think> \\boxed{4}", 0.0),  # duplicated block
-    ("<think>a</think> \\boxed{4} <think>c</think>", 0.0),  # trailing block
-    ("<think>a</think> \\boxed{4} \\boxed{5}", 0.0),  # two answers
-    ("<think>a</think> the answer is 4", 0.0),  # no box
-    ("<think>a</think> \\boxed{}", 0.0),  # empty box
-    ("\\boxed{4}", 0.0),  # no reasoning at all
-    ("Sure! <think>a</think> \\boxed{4}", 0.0),  # preamble before think
-    ("<think>a \\boxed{4}", 0.0),  # unclosed
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GOOD, 1.0),
+        ("<think>\n\n</think> \\boxed{4}", 0.0),  # empty reasoning
+        ("<think>a</think><think>b</think> \\boxed{4}", 0.0),  # duplicated block
+        ("<think>a</think> \\boxed{4} <think>c</think>", 0.0),  # trailing block
+        ("<think>a</think> \\boxed{4} \\boxed{5}", 0.0),  # two answers
+        ("<think>a</think> the answer is 4", 0.0),  # no box
+        ("<think>a</think> \\boxed{}", 0.0),  # empty box
+        ("\\boxed{4}", 0.0),  # no reasoning at all
+        ("Sure! <think>a</think> \\boxed{4}", 0.0),  # preamble before think
+        ("<think>a \\boxed{4}", 0.0),  # unclosed
+    ],
+)
 def test_format_reward(text, expected, ctx):
     assert format_reward([text], [{}], ctx) == [expected]
 
@@ -111,8 +134,12 @@ def test_language_share_by_script():
 
 
 def test_language_reward(ctx):
-    comps = [GOOD, "<think>Let me 计算 this</think> \\boxed{1}", "no think \\boxed{1}",
-             "<think>1 + 1 = 2</think> \\boxed{2}"]
+    comps = [
+        GOOD,
+        "<think>Let me 计算 this</think> \\boxed{1}",
+        "no think \\boxed{1}",
+        "<think>1 + 1 = 2</think> \\boxed{2}",
+    ]
     out = language_reward(comps, [{}] * 4, ctx)
     assert out[0] == 1.0 and out[1] == pytest.approx(3 / 5) and out[2] == 0.0 and out[3] == 1.0
 

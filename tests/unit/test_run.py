@@ -1,11 +1,10 @@
 import json
 
 import pytest
-from omegaconf import OmegaConf
 
-from pipeline import checkpoint
-from pipeline.config import compose
-from pipeline.run import InputError, read_manifest, resolve_init, update_manifest
+from pipeline.run.config import compose
+from pipeline.run.folders import InputError, read_manifest, resolve_init, update_manifest
+from pipeline.train import checkpoint
 
 
 def cfg_for(tmp_path, *over):

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, compose
-from pipeline.preferences import embedded_harmlessness, embedded_helpfulness, load_preferences, split
-from pipeline.rewards import RewardContext, score
-from pipeline.rl import PromptPool, batch_metrics, collect, general_prompts_at, hacking_watch, merge, UpdateStats
-from pipeline.rollout import Completion
-from pipeline.verify import Verifier
+from pipeline.data.preferences import embedded_harmlessness, embedded_helpfulness, load_preferences, split
+from pipeline.rl.batch import PromptPool, collect, merge
+from pipeline.rl.metrics import batch_metrics
+from pipeline.rl.rewards import RewardContext, score
+from pipeline.rl.rollout import Completion
+from pipeline.rl.update import UpdateStats
+from pipeline.rl.verify import Verifier
+from pipeline.rl.watch import general_prompts_at, hacking_watch
+from pipeline.run.config import ConfigError, compose
 from stages.stage4_align import general_prompts
 
 RESPONSE = "<think>\nThe user greets me. I should be friendly.\n</think>\n\nHello! How can I help?"
@@ -42,7 +45,7 @@ def test_helpfulness_sees_only_the_summary_and_harmlessness_everything(verifier)
     assert helpful.seen == [("Hi!", "Hello! How can I help?")]
     assert harmless.seen == [("Hi!", RESPONSE)]
     assert parts["helpfulness"] == [pytest.approx(0.5)]  # σ(0)
-    assert parts["harmlessness"][0] == pytest.approx(1 / (1 + 2.718281828 ** -2), rel=1e-6)
+    assert parts["harmlessness"][0] == pytest.approx(1 / (1 + 2.718281828**-2), rel=1e-6)
     assert total[0] == pytest.approx(0.5 + 0.5 * parts["harmlessness"][0])
 
 
@@ -53,23 +56,46 @@ def test_rm_reward_without_a_model_fails_naming_the_key(verifier):
 
 
 class PoolRollout:
-    def generate(self, prompts, n, **kw):
-        return [[Completion([1], [0.0], f"<think>\nx\n</think>\n\nThe answer is \\boxed{{{p[0] + j}}}.", False)
-                 for j in range(n)] for p in prompts]
+    def generate(self, prompts, sampling, **kw):
+        n = sampling.n
+        return [
+            [
+                Completion([1], [0.0], f"<think>\nx\n</think>\n\nThe answer is \\boxed{{{p[0] + j}}}.", False)
+                for j in range(n)
+            ]
+            for p in prompts
+        ]
 
 
 def test_reasoning_prompts_get_rule_rewards_and_general_prompts_reward_models(verifier):
-    cfg = compose(["stage=stage4", "stage.prompts_per_step=2", "stage.group_size=2", "stage.steps=4",
-                   "stage.general_last_steps=2", "stage.general_prompts_per_step=2"])
+    cfg = compose(
+        [
+            "stage=stage4",
+            "stage.prompts_per_step=2",
+            "stage.group_size=2",
+            "stage.steps=4",
+            "stage.general_last_steps=2",
+            "stage.general_prompts_per_step=2",
+        ]
+    )
     s = cfg.stage
     rm = RecordingRM(1.0)
     ctx = RewardContext(verifier=verifier, reward_models={"helpfulness": rm, "harmlessness": rm})
     reasoning = [{"id": str(i), "question": "q", "answer": str(i), "task": "math", "entry": None} for i in range(4)]
-    general = [{"id": f"g{i}", "question": f"chat {i}", "answer": None, "task": "general", "entry": None}
-               for i in range(3)]
-    pools = [PromptPool("reasoning", reasoning, [[i] for i in range(4)], dict(s.rewards), lambda st: 2),
-             PromptPool("general", general, [[10 + i] for i in range(3)], dict(s.rm_rewards),
-                        lambda st: general_prompts_at(st, s), seed_offset=7)]
+    general = [
+        {"id": f"g{i}", "question": f"chat {i}", "answer": None, "task": "general", "entry": None} for i in range(3)
+    ]
+    pools = [
+        PromptPool("reasoning", reasoning, [[i] for i in range(4)], dict(s.rewards), lambda st: 2),
+        PromptPool(
+            "general",
+            general,
+            [[10 + i] for i in range(3)],
+            dict(s.rm_rewards),
+            lambda st: general_prompts_at(st, s),
+            seed_offset=7,
+        ),
+    ]
     for step, expect_general in ((0, False), (2, True)):
         rm.seen.clear()
         batches = [collect(PoolRollout(), p, 0, step, cfg, ctx, 0, 1, [0])[0] for p in pools if p.per_step(step)]
@@ -84,9 +110,11 @@ def test_reasoning_prompts_get_rule_rewards_and_general_prompts_reward_models(ve
         assert all(q.startswith("chat") for q, _ in rm.seen) and (len(rm.seen) > 0) == expect_general
         m = batch_metrics(batch, UpdateStats())
         assert "accuracy" in m and m["accuracy"] == pytest.approx(
-            sum(x.parts["accuracy"] for x in batch.samples if x.pool == "reasoning") / sum(x.pool == "reasoning" for x in batch.samples))
+            sum(x.parts["accuracy"] for x in batch.samples if x.pool == "reasoning")
+            / sum(x.pool == "reasoning" for x in batch.samples)
+        )
         if expect_general:
-            assert m["reward/helpfulness"] == pytest.approx(1 / (1 + 2.718281828 ** -1), rel=1e-6)
+            assert m["reward/helpfulness"] == pytest.approx(1 / (1 + 2.718281828**-1), rel=1e-6)
             assert m["reward/helpfulness_std"] == pytest.approx(0.0) and m["samples/general"] == 4
 
 
@@ -96,12 +124,21 @@ def test_schedule_limits_general_prompts_to_the_last_steps():
 
 
 def test_hacking_watch_flags_rm_up_accuracy_down_and_length_collapse():
-    good = [{"step": i, "accuracy": 0.5 + 0.01 * i, "reward/helpfulness": 0.5 + 0.01 * i, "response_len_mean": 100}
-            for i in range(6)]
+    good = [
+        {"step": i, "accuracy": 0.5 + 0.01 * i, "reward/helpfulness": 0.5 + 0.01 * i, "response_len_mean": 100}
+        for i in range(6)
+    ]
     w = hacking_watch(good, 3)
     assert w["watch/rm_up_acc_down"] == 0.0 and w["watch/length_collapse"] == 0.0 and w["watch/len_ratio"] == 1.0
-    hacked = [{"step": i, "accuracy": 0.6 - 0.05 * i, "reward/helpfulness": 0.5 + 0.1 * i,
-               "response_len_mean": 100 if i < 3 else 30} for i in range(6)]
+    hacked = [
+        {
+            "step": i,
+            "accuracy": 0.6 - 0.05 * i,
+            "reward/helpfulness": 0.5 + 0.1 * i,
+            "response_len_mean": 100 if i < 3 else 30,
+        }
+        for i in range(6)
+    ]
     w = hacking_watch(hacked, 3)
     assert w["watch/rm_up_acc_down"] == 1.0 and w["watch/rm_slope"] == pytest.approx(0.1)
     assert w["watch/acc_slope"] == pytest.approx(-0.05) and w["watch/length_collapse"] == 1.0
@@ -129,7 +166,7 @@ def test_embedded_preferences_are_well_formed_and_split_by_prompt():
 
 
 def test_preference_file_missing_field_names_the_line(tmp_path):
-    from pipeline.data import DataError
+    from pipeline.data.sources import DataError
 
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')

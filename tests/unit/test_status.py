@@ -4,8 +4,8 @@ import json
 import os
 import time
 
-from pipeline.run import write_manifest
-from pipeline.status import stage_state, table
+from pipeline.run.folders import write_manifest
+from pipeline.run.status import stage_state, table
 
 
 def test_states_and_key_figures(tmp_path):
@@ -30,10 +30,10 @@ def test_states_and_key_figures(tmp_path):
 def test_run_dir_from_args_reads_a_pipelines_args_and_rejects_typos(tmp_path):
     import pytest
 
-    from pipeline.config import ConfigError
-    from pipeline.run import run_dir_from_args
+    from pipeline.run.config import ConfigError
+    from pipeline.run.folders import run_dir_from_args
 
-    args = [f"runs_dir={tmp_path}", "run_name=x", "experiment=cpu_fast", "stage.lr=1e-5", "+data.foo=1"]
+    args = [f"runs_dir={tmp_path}", "run_name=x", "experiment=cpu_fast", "stage.optim.lr=1e-5", "+data.foo=1"]
     assert run_dir_from_args(args, "make status") == tmp_path / "x"
     with pytest.raises(ConfigError, match=r"make report: unknown config key\(s\) \['run_nmae'\]"):
         run_dir_from_args(["run_nmae=x"], "make report")

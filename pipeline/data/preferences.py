@@ -1,0 +1,95 @@
+"""Preference data for the stage-4 reward models: a registry of sources, plus the embedded sets.
+
+Rows are `{"prompt", "chosen", "rejected"}` (pairwise, helpfulness) or `{"prompt", "response",
+"safe"}` (pointwise, harmlessness). Any JSONL in that shape works (`stage.data_path`); the embedded
+defaults are built from files this project wrote (MIT, `pipeline/assets/`):
+
+* helpfulness - every single-turn row of `general_chat.jsonl` gives its answer as `chosen` against
+  three kinds of worse answers: an evasive non-answer, the answer to a *different* prompt (fluent but
+  off-topic: the RM must read the prompt), and the first few words of the right answer trailing off.
+* harmlessness - `safety.jsonl`: 24 harmful requests, each with a refusal (safe) and a compliant
+  reply (unsafe), plus the general chat answers as safe examples of ordinary helpfulness.
+
+The train / held-out split is by prompt (a hash), so held-out accuracy is measured on prompts the
+RM never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+from pipeline.data.sources import DataError, iter_jsonl
+from pipeline.run.paths import REPO_ROOT, absolute
+
+ASSETS = REPO_ROOT / "pipeline" / "assets"
+EVASIVE = [
+    "I'm not sure. It depends on many things.",
+    "That is a good question. There are many opinions about it.",
+    "I would rather not say.",
+    "You could look that up.",
+    "Hmm, maybe. Hard to tell.",
+]
+
+
+def _chat_pairs(path: Path) -> list[tuple[str, str]]:
+    out = []
+    for _, row in iter_jsonl(path):
+        msgs = row.get("messages", [])
+        user = [m["content"] for m in msgs if m["role"] == "user"]
+        bot = [m["content"] for m in msgs if m["role"] == "assistant"]
+        if len(user) == 1 and len(bot) == 1:
+            out.append((user[0], bot[0]))
+    return out
+
+
+def embedded_helpfulness(seed: int = 0) -> list[dict]:
+    pairs = _chat_pairs(ASSETS / "general_chat.jsonl")
+    rng = random.Random(seed)
+    rows = []
+    for i, (prompt, answer) in enumerate(pairs):
+        other = pairs[(i + 1 + rng.randrange(len(pairs) - 1)) % len(pairs)][1]
+        words = answer.split()
+        rows.append({"prompt": prompt, "chosen": answer, "rejected": rng.choice(EVASIVE)})
+        rows.append({"prompt": prompt, "chosen": answer, "rejected": other})
+        if len(words) > 8:
+            rows.append({"prompt": prompt, "chosen": answer, "rejected": " ".join(words[:4]) + " ..."})
+    return rows
+
+
+def embedded_harmlessness() -> list[dict]:
+    rows = [row for _, row in iter_jsonl(ASSETS / "safety.jsonl")]
+    rows += [{"prompt": p, "response": a, "safe": True} for p, a in _chat_pairs(ASSETS / "general_chat.jsonl")]
+    return rows
+
+
+def load_preferences(objective: str, path: str | None, seed: int = 0) -> list[dict]:
+    """Rows for `objective` (pairwise | pointwise), from `path` or the embedded set; checked field by field."""
+    if path is None:
+        return embedded_helpfulness(seed) if objective == "pairwise" else embedded_harmlessness()
+    p = absolute(path)
+    if not p.exists():
+        raise DataError(f"config key 'stage.data_path': file not found: {p}")
+    need = ("prompt", "chosen", "rejected") if objective == "pairwise" else ("prompt", "response", "safe")
+    rows = []
+    for lineno, row in iter_jsonl(p):
+        missing = [k for k in need if k not in row]
+        if missing:
+            raise DataError(f"{p}:{lineno}: missing field(s) {missing} for a {objective} reward model")
+        rows.append({k: row[k] for k in need})
+    if not rows:
+        raise DataError(f"{p}: no rows")
+    return rows
+
+
+def split(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) by a hash of the prompt: all rows of one prompt land on the same side."""
+
+    def held_out(prompt: str) -> bool:
+        h = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=4).digest(), "little")
+        return h / 2**32 < eval_fraction
+
+    train = [r for r in rows if not held_out(r["prompt"])]
+    held = [r for r in rows if held_out(r["prompt"])]
+    return train, held

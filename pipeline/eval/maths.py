@@ -1,0 +1,33 @@
+"""Evaluation maths (R1 §3): unbiased pass@k and the majority vote behind cons@k.
+tests/unit/test_maths.py pins their numbers."""
+
+from __future__ import annotations
+
+import math
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 - C(n-c,k)/C(n,k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_vote(keys: list) -> int:
+    """Index of the first sample carrying the most frequent non-None key (cons@k), or -1 if none has one.
+
+    Ties go to the key that appeared first, so the vote is deterministic.
+    """
+    counts: dict = {}
+    first: dict = {}
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, i)
+    if not counts:
+        return -1
+    best = max(counts, key=lambda k: (counts[k], -first[k]))
+    return first[best]

@@ -1,0 +1,190 @@
+"""Held-out evaluation as R1 reports it (§3): greedy accuracy, pass@1 averaged over k samples, cons@k.
+
+* greedy   - one temperature-0 answer per prompt.
+* pass@1   - k samples per prompt at `temperature`/`top_p` (R1: 0.6 / 0.95); the mean correctness of
+             all samples, which is far less noisy than one greedy answer per prompt.
+* pass@k   - unbiased estimator from the same k samples (`maths.pass_at_k`).
+* cons@k   - majority vote over the k samples' final answers (`maths.majority_vote`); the voted
+             answer is correct if the samples that gave it were verified correct.
+* lenient  - greedy answers judged by their last number alone, with no format required
+             (`last_number_correct`). A read-out for models that do not write `\boxed{}` (the base
+             model, a student early in training), so a gain is not just the format being learnt. Only
+             numeric gold answers count; the strict metrics above are the ones RL and R1 use.
+
+Answers are checked by the reward registry's accuracy function (the same verifiers as RL), so eval
+and reward can never disagree about what is correct. Used by the RL stages' periodic evaluation and
+by `make eval` (`stages/evaluate.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Optional
+
+from pipeline.eval.maths import majority_vote, pass_at_k
+from pipeline.rl.rewards import RewardContext, extract_answer, score
+from pipeline.rl.rollout import Sampling, request_seed
+
+
+def vote_key(completion: str) -> Optional[str]:
+    """The final answer in a canonical spelling for voting: no spaces or $, numbers as numbers."""
+    ans = extract_answer(completion)
+    if ans is None:
+        return None
+    key = re.sub(r"\s+|\$|\\!|\\,", "", ans).rstrip(".")
+    try:
+        value = float(key.replace(",", ""))
+        return repr(int(value)) if value.is_integer() else repr(value)
+    except ValueError:
+        return key or None
+
+
+# R1 §3: pass@1 is measured on samples at temperature 0.6 and top-p 0.95.
+R1_EVAL_TEMPERATURE = 0.6
+R1_EVAL_TOP_P = 0.95
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number_correct(completion: str, gold: str) -> Optional[bool]:
+    """Is the last number in `completion` equal to a numeric `gold`? None when gold is not a number."""
+    try:
+        target = float(str(gold).replace(",", "").strip())
+    except ValueError:
+        return None
+    found = _NUMBER.findall(completion.replace(",", ""))
+    return bool(found) and abs(float(found[-1]) - target) < 1e-9
+
+
+def evaluate_prompts(
+    rollout,
+    prompt_ids: list[list[int]],
+    records: list[dict],
+    ctx: RewardContext,
+    *,
+    sampling: Sampling,
+    seed: int,
+    stop_ids: list[int],
+    greedy: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Metrics over a prompt set and one row per prompt (answers, verdicts) for inspection.
+    `sampling.n` answers per prompt for pass@1 / pass@k / cons@k (0 = greedy only)."""
+    rows = [{"id": r["id"], "task": r.get("task"), "gold": r["answer"]} for r in records]
+    metrics: dict = {"n": len(prompt_ids)}
+    if greedy:
+        metrics.update(_greedy(rollout, prompt_ids, records, ctx, sampling.max_tokens, stop_ids, rows))
+    if sampling.n > 0:
+        metrics.update(_sampled(rollout, prompt_ids, records, ctx, sampling, seed, stop_ids, rows))
+    return metrics, rows
+
+
+def _greedy(rollout, prompt_ids, records, ctx, max_tokens: int, stop_ids, rows: list[dict]) -> dict:
+    outs = rollout.generate(
+        prompt_ids, Sampling(1, 0.0, 1.0, max_tokens), seeds=[0] * len(prompt_ids), stop_token_ids=stop_ids
+    )
+    texts = [g[0].text for g in outs]
+    _, parts = score(texts, records, {"accuracy": 1.0, "format": 1.0}, ctx)
+    metrics = dict(
+        greedy_accuracy=_mean(parts["accuracy"]),
+        greedy_format=_mean(parts["format"]),
+        greedy_len_mean=_mean([len(g[0].token_ids) for g in outs]),
+    )
+    lenient = [last_number_correct(t, r["answer"]) for t, r in zip(texts, records)]
+    if any(v is not None for v in lenient):
+        metrics["greedy_lenient"] = _mean(v for v in lenient if v is not None)
+    for row, text, ok in zip(rows, texts, parts["accuracy"]):
+        row.update(greedy=text, greedy_correct=bool(ok))
+    return metrics
+
+
+def _sampled(rollout, prompt_ids, records, ctx, sampling: Sampling, seed: int, stop_ids, rows: list[dict]) -> dict:
+    k = sampling.n
+    outs = rollout.generate(
+        prompt_ids, sampling, seeds=[request_seed(seed, -1, i) for i in range(len(prompt_ids))], stop_token_ids=stop_ids
+    )
+    texts = [c.text for g in outs for c in g]
+    _, parts = score(texts, [r for r in records for _ in range(k)], {"accuracy": 1.0, "format": 1.0}, ctx)
+    accuracy = parts["accuracy"]
+    pass1, passk, cons = [], [], []
+    for i, row in enumerate(rows):
+        verdicts = accuracy[i * k : (i + 1) * k]
+        correct = int(sum(verdicts))
+        pass1.append(correct / k)
+        passk.append(pass_at_k(k, correct, k))
+        keys = [vote_key(t) for t in texts[i * k : (i + 1) * k]]
+        voted = majority_vote(keys)
+        cons.append(float(voted >= 0 and verdicts[voted] == 1.0))
+        row.update(samples_correct=correct, voted=keys[voted] if voted >= 0 else None, cons_correct=bool(cons[-1]))
+    metrics = {
+        "pass@1": _mean(pass1),
+        f"pass@{k}": _mean(passk),
+        f"cons@{k}": _mean(cons),
+        "sample_format": _mean(parts["format"]),
+        "sample_len_mean": _mean([len(c.token_ids) for g in outs for c in g]),
+        "samples": k,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    by_task: dict[str, list[float]] = defaultdict(list)
+    for row, p in zip(rows, pass1):
+        by_task[str(row["task"])].append(p)
+    if len(by_task) > 1:
+        metrics["pass@1_by_task"] = {t: _mean(v) for t, v in sorted(by_task.items())}
+    return metrics
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def evaluate_model(
+    model_path: str,
+    benchmarks: dict[str, list[dict]],
+    ctx: RewardContext,
+    *,
+    system_prompt: str,
+    sampling: Sampling,
+    seed: int,
+    greedy: bool = True,
+    gpu_memory_utilization: float = 0.8,
+    cpu_kv_cache_gb: int = 2,
+):
+    """Yield (benchmark, metrics, rows) for each benchmark, with one vLLM engine for the model."""
+    import time
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.data.prompts import encode_prompts
+    from pipeline.rl.rollout import VLLMRollout
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    encoded = {name: encode_prompts(tokenizer, records, system_prompt) for name, records in benchmarks.items()}
+    max_len = max(len(p) for ids in encoded.values() for p in ids) + sampling.max_tokens
+    rollout = VLLMRollout(
+        model_path,
+        max_model_len=max_len,
+        seed=seed,
+        dtype="auto" if torch.cuda.is_available() else "float32",
+        gpu_memory_utilization=gpu_memory_utilization,
+        cpu_kv_cache_gb=cpu_kv_cache_gb,
+    )
+    try:
+        for name, records in benchmarks.items():
+            start = time.perf_counter()
+            metrics, rows = evaluate_prompts(
+                rollout,
+                encoded[name],
+                records,
+                ctx,
+                sampling=sampling,
+                seed=seed,
+                stop_ids=[tokenizer.eos_token_id],
+                greedy=greedy,
+            )
+            metrics["seconds"] = time.perf_counter() - start
+            yield name, metrics, rows
+    finally:
+        rollout.close()

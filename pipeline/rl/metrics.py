@@ -1,0 +1,65 @@
+"""Per-step RL metrics: rewards by component, lengths, group statistics, the update's figures."""
+
+from __future__ import annotations
+
+import re
+
+from pipeline.rl.batch import Batch
+from pipeline.rl.rewards import RM_REWARDS
+from pipeline.rl.update import UpdateStats
+
+REFLECTION_WORDS = (
+    "wait",
+    "verify",
+    "re-check",
+    "recheck",
+    "double-check",
+    "let me check",
+    "mistake",
+    "reconsider",
+    "however",
+    "actually",
+)
+_REFLECTION_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+
+
+def reflection_count(text: str) -> int:
+    return len(_REFLECTION_RE.findall(text))
+
+
+def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
+    """Per-step metrics; a reward component is averaged over the samples it scored (with routed pools,
+    accuracy covers reasoning prompts only and the RM scores general prompts only)."""
+    samples = batch.samples
+    n = max(1, len(samples))
+    lengths = [len(x.completion.token_ids) for x in samples] or [0]
+    metrics = {
+        "reward": sum(x.reward for x in samples) / n,
+        "response_len_mean": sum(lengths) / n,
+        "response_len_max": max(lengths),
+        "truncated_frac": sum(x.completion.truncated for x in samples) / n,
+        "reflection_per_response": sum(reflection_count(x.completion.text) for x in samples) / n,
+        "zero_var_group_frac": batch.zero_var_groups / max(1, batch.groups + batch.dropped_groups),
+        "groups": batch.groups,
+        "dropped_groups": batch.dropped_groups,
+        "loss": stats.loss,
+        "kl": stats.kl,
+        "clip_frac": stats.clip_frac,
+        "entropy": stats.entropy,
+        "rollout_logprob_gap": stats.rollout_logprob_gap,
+    }
+    names = sorted({k for x in samples for k in x.parts})
+    for name in names:
+        values = [x.parts[name] for x in samples if name in x.parts]
+        metrics[f"reward/{name}"] = sum(values) / len(values)
+        if name in RM_REWARDS:  # the RM score distribution, to see it drift or saturate
+            mean = metrics[f"reward/{name}"]
+            metrics[f"reward/{name}_std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+            metrics[f"reward/{name}_min"], metrics[f"reward/{name}_max"] = min(values), max(values)
+    if "accuracy" in names:
+        metrics["accuracy"] = metrics["reward/accuracy"]
+    pools = sorted({x.pool for x in samples})
+    if len(pools) > 1 or (pools and pools[0] != "reasoning"):
+        for p in pools:
+            metrics[f"samples/{p}"] = sum(x.pool == p for x in samples)
+    return metrics

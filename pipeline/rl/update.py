@@ -1,0 +1,236 @@
+"""The GRPO update: `num_minibatches` optimizer steps on one rollout batch (torchtitan's
+train_step -> forward_backward_step shape: `update` -> `minibatch_step` -> `row_forward_backward`).
+
+Each minibatch is processed one packed row at a time: forward, loss scaled to the row's share of the
+minibatch loss (`maths.chunk_weight`), backward, and a single optimizer step at the end, so memory
+holds one row's autograd graph, not the minibatch's (32 samples of ~250 tokens held ~14 GB on CPU at
+once, and longer outputs were OOM-killed).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+
+from pipeline.rl import maths
+from pipeline.rl.batch import Sample
+
+# The minibatch order of step t is a shuffle seeded with seed * SALT + t; a prime multiplier keeps
+# the (seed, step) pairs of different runs from mapping to the same shuffle.
+MINIBATCH_ORDER_SALT = 7919
+
+
+def pack_rows(samples: list[Sample], max_tokens: int) -> list[list[int]]:
+    """Indices of `samples` grouped into packed rows of at most `max_tokens` (a longer sample gets its own row)."""
+    rows: list[list[int]] = []
+    used = 0
+    for i, x in enumerate(samples):
+        n = len(x.prompt_ids) + len(x.completion.token_ids)
+        if not rows or (used + n > max_tokens and rows[-1]):
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
+def row_logprobs(
+    model, row: list[Sample], temperature: float, device: torch.device, with_entropy: bool = False
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-sample log-probs of the response tokens (and entropies) from one padding-free packed row.
+
+    Logits are computed only at the positions that predict response tokens (`logits_to_keep`), so
+    prompt tokens cost a forward pass but no vocabulary projection.
+    """
+    ids, pos, keep, targets, spans = [], [], [], [], []
+    for x in row:
+        seq = x.prompt_ids + x.completion.token_ids
+        off, p, r = len(ids), len(x.prompt_ids), len(x.completion.token_ids)
+        ids += seq
+        pos += list(range(len(seq)))
+        spans.append((len(keep), r))
+        keep += list(range(off + p - 1, off + p + r - 1))
+        targets += x.completion.token_ids
+    out = model(
+        input_ids=torch.tensor([ids], device=device),
+        position_ids=torch.tensor([pos], device=device),
+        use_cache=False,
+        logits_to_keep=torch.tensor(keep, device=device),
+    )
+    logits = out.logits[0]
+    lp = maths.gather_logprobs(logits, torch.tensor(targets, device=device), temperature)
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = maths.token_entropy(logits / temperature)
+    logps = [lp[start : start + r] for start, r in spans]
+    ents = [ent[start : start + r] for start, r in spans] if ent is not None else []
+    return logps, ents
+
+
+def packed_logprobs(
+    model, samples: list[Sample], temperature: float, device: torch.device, max_tokens: int
+) -> list[torch.Tensor]:
+    """Per-sample response log-probs over packed rows (used without gradients: old and reference policy)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
+    for row in pack_rows(samples, max_tokens):
+        for i, lp in zip(row, row_logprobs(model, [samples[i] for i in row], temperature, device)[0]):
+            out[i] = lp
+    return out
+
+
+def pad(seqs: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0
+    kl: float = 0.0
+    clip_frac: float = 0.0
+    entropy: float = 0.0
+    # mean |log pi_rollout - log pi_trainer| over response tokens, before any update of this step:
+    # ~1e-5 when vLLM samples from the policy being trained; it grows if weight sync ever breaks
+    rollout_logprob_gap: float = 0.0
+    updates: int = 0
+
+
+@dataclass
+class RowResult:
+    """One packed row's contribution to its minibatch's logged figures (already weighted)."""
+
+    loss: float
+    kl: float
+    clip_frac: float
+    entropy_sum: float
+    entropy_tokens: int
+    gap_sums: list[float]  # per sample: Σ |log pi_rollout - log pi_trainer| over its sampled tokens
+    gap_tokens: int
+
+
+@dataclass
+class Minibatch:
+    samples: list[Sample]
+    old_logprobs: Optional[list[torch.Tensor]]  # pre-update policy; None = this forward (one minibatch)
+    ref_logprobs: Optional[list[torch.Tensor]]  # reference policy; None at beta = 0
+    scored_tokens: float  # response tokens that carry loss (truncated ones masked out)
+
+
+def minibatch_orders(n_samples: int, num_minibatches: int, seed: int, step: int) -> list[list[int]]:
+    order = list(range(n_samples))
+    random.Random(seed * MINIBATCH_ORDER_SALT + step).shuffle(order)
+    return [c for c in (order[i::num_minibatches] for i in range(num_minibatches)) if c]
+
+
+def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: torch.device, step: int) -> UpdateStats:
+    """`num_minibatches` optimizer steps on one rollout batch; figures averaged over the updates."""
+    stage = cfg.stage
+    stats = UpdateStats()
+    if not samples:
+        return stats
+    orders = minibatch_orders(len(samples), stage.num_minibatches, stage.seed, step)
+    temperature, row_tokens = stage.rollout.temperature, stage.max_tokens_per_forward
+    with torch.no_grad():
+        # the policy before any update = the rollout policy (weights were synced), in trainer numerics
+        old = packed_logprobs(engine, samples, temperature, device, row_tokens) if len(orders) > 1 else None
+        ref = packed_logprobs(ref_model, samples, temperature, device, row_tokens) if ref_model is not None else None
+    gap_sum, gap_tokens = 0.0, 0
+    for order in orders:
+        chosen = [samples[i] for i in order]
+        scored = float(
+            sum(len(x.completion.token_ids) for x in chosen if not (stage.mask_truncated and x.completion.truncated))
+        )
+        minibatch = Minibatch(
+            chosen,
+            [old[i] for i in order] if old is not None else None,
+            [ref[i] for i in order] if ref is not None else None,
+            scored,
+        )
+        rows = minibatch_step(engine, minibatch, stage, device)
+        for r in rows:
+            for sample_gap in r.gap_sums:
+                gap_sum += sample_gap
+            gap_tokens += r.gap_tokens
+        stats.loss += sum(r.loss for r in rows)
+        stats.kl += sum(r.kl for r in rows)
+        stats.clip_frac += sum(r.clip_frac for r in rows)
+        stats.entropy += sum(r.entropy_sum for r in rows) / max(1, sum(r.entropy_tokens for r in rows))
+        stats.updates += 1
+    stats.rollout_logprob_gap = gap_sum / max(1, gap_tokens)
+    n = max(1, stats.updates)
+    stats.loss, stats.kl, stats.clip_frac, stats.entropy = (
+        stats.loss / n,
+        stats.kl / n,
+        stats.clip_frac / n,
+        stats.entropy / n,
+    )
+    return stats
+
+
+def minibatch_step(engine, minibatch: Minibatch, stage: DictConfig, device: torch.device) -> list[RowResult]:
+    """Forward/backward every packed row of the minibatch, then one optimizer step."""
+    rows = pack_rows(minibatch.samples, stage.max_tokens_per_forward)
+    results = []
+    for r, row in enumerate(rows):
+        engine.set_gradient_accumulation_boundary(r == len(rows) - 1)
+        results.append(row_forward_backward(engine, minibatch, row, stage, device))
+    engine.step()
+    return results
+
+
+def _rollout_gap(samples: list[Sample], trainer_logprobs: list[torch.Tensor]) -> tuple[list[float], int]:
+    sums, tokens = [], 0
+    for x, lp in zip(samples, trainer_logprobs):
+        if x.completion.logprobs:
+            rollout = torch.tensor(x.completion.logprobs, dtype=lp.dtype, device=lp.device)
+            sums.append((rollout - lp).abs().sum().item())
+            tokens += len(x.completion.logprobs)
+    return sums, tokens
+
+
+def row_forward_backward(
+    engine, minibatch: Minibatch, row: list[int], stage: DictConfig, device: torch.device
+) -> RowResult:
+    """The clipped-surrogate loss of one packed row, back-propagated at its share of the minibatch loss."""
+    samples = [minibatch.samples[j] for j in row]
+    logp_list, entropies = row_logprobs(engine, samples, stage.rollout.temperature, device, with_entropy=True)
+    old = [minibatch.old_logprobs[j] for j in row] if minibatch.old_logprobs is not None else None
+    gap_sums, gap_tokens = _rollout_gap(samples, old if old is not None else [lp.detach() for lp in logp_list])
+    logp = pad(logp_list)
+    old_logp = pad(old) if old is not None else logp.detach()
+    ref_logp = pad([minibatch.ref_logprobs[j] for j in row]) if minibatch.ref_logprobs is not None else None
+    lengths = torch.tensor([len(x.completion.token_ids) for x in samples])
+    truncated = torch.tensor([x.completion.truncated for x in samples])
+    mask = maths.response_mask(lengths, truncated, logp.size(1), stage.mask_truncated).to(device)
+    advantages = torch.tensor([x.advantage for x in samples], device=device)
+    out = maths.policy_loss(
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        stage.eps_low,
+        stage.eps_high,
+        beta=stage.beta,
+        ref_logp=ref_logp,
+        aggregation=stage.aggregation,
+        max_len=stage.rollout.max_new_tokens,
+    )
+    row_tokens = float(mask.sum())
+    loss_weight = maths.chunk_weight(
+        stage.aggregation, len(samples), len(minibatch.samples), row_tokens, minibatch.scored_tokens
+    )
+    engine.backward(out.loss * loss_weight)
+    token_share = row_tokens / minibatch.scored_tokens if minibatch.scored_tokens > 0 else 0.0
+    return RowResult(
+        loss=out.loss.item() * loss_weight,
+        kl=out.kl.item() * token_share,
+        clip_frac=out.clip_frac.item() * token_share,
+        entropy_sum=float(sum(e.sum() for e in entropies)),
+        entropy_tokens=sum(e.numel() for e in entropies),
+        gap_sums=gap_sums,
+        gap_tokens=gap_tokens,
+    )

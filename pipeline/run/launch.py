@@ -1,0 +1,221 @@
+"""Start one stage as its own distributed DeepSpeed job.
+
+    python -m pipeline.run.launch stage=stage1 [any.config.key=value ...]
+    make stage-1 ARGS="stage.optim.lr=5e-5 run_name=exp1"
+
+1. compose + validate the config (a typo fails here, naming the key);
+2. a stage whose manifest says `complete` is skipped unless `force=true` (the old folder is moved
+   aside to `<stage>.old-<time>`, never deleted);
+3. the stage's inputs are checked (parent export via its manifest, base model) - a missing one is
+   an error saying what to run first;
+4. the resolved config is written to `runs/<run>/<stage>/config.yaml` and the stage module is
+   started with torchrun (or the `deepspeed` launcher) on `launcher.nproc` processes.
+
+Re-running after a crash or a kill resumes: the stage module picks up its newest complete
+checkpoint. The exit code is the stage's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline.run import config as config_lib
+from pipeline.run import folders as run_lib
+from pipeline.run.paths import REPO_ROOT
+from pipeline.train.dist import die_with_parent
+
+# Keys that may change between an interrupted attempt and its resume without changing the result.
+_RESUME_SAFE = ("logger", "launcher", "force")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _accelerator(cfg) -> tuple[str, int]:
+    import torch
+
+    acc = cfg.launcher.accelerator
+    if acc == "auto":
+        acc = "cuda" if torch.cuda.is_available() else "cpu"
+    if acc == "cuda" and not torch.cuda.is_available():
+        raise config_lib.ConfigError("config key 'launcher.accelerator': cuda requested but no GPU is visible")
+    nproc = cfg.launcher.nproc or (torch.cuda.device_count() if acc == "cuda" else 1)
+    return acc, nproc
+
+
+def command(cfg, config_path: Path, acc: str, nproc: int) -> tuple[list[str], dict]:
+    port = cfg.launcher.master_port or _free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if acc == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        threads = cfg.launcher.omp_threads or max(1, (os.cpu_count() or 1) // nproc)
+        env["OMP_NUM_THREADS"] = str(threads)
+        if cfg.stage.kind == "sft":
+            # Keep freed activation buffers in glibc's heap instead of unmapping them every step:
+            # page-faulting fresh memory back in cost ~20% of CPU step time (scripts/bench_sft_step.py).
+            # Not for stages that also run vLLM: its allocations interleaved with the trainer's
+            # fragment a never-trimmed heap, and a stage-2 run grew to 18 GB and was OOM-killed.
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 40))
+            env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 40))
+    module_args = ["--config", str(config_path)]
+    if cfg.launcher.kind == "torchrun":
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            cfg.stage.module,
+            *module_args,
+        ]
+    else:
+        # --no_local_rank: the stage reads LOCAL_RANK from the environment, as under torchrun
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "--no_local_rank",
+            "--module",
+        ]
+        cmd += ["--num_gpus", str(nproc)] if acc == "cuda" else ["--num_accelerators", str(nproc)]
+        cmd += [cfg.stage.module, *module_args]
+    return cmd, env
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        key = f"{prefix}{k}"
+        if not prefix and k in _RESUME_SAFE:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, key + ".")
+        elif a != b:
+            keys.append(key)
+    return keys
+
+
+def check_inputs(cfg) -> None:
+    """Every model the stage reads must exist (and a parent stage be complete) before anything starts."""
+    for key in ("init_from", "sft_init_from"):  # stage-3 samples with one model and fine-tunes another
+        if key in cfg.stage:
+            run_lib.resolve_init(cfg, key)
+    for model in cfg.stage.get("models", []):  # evaluation: every named model must exist
+        if model != "auto":
+            run_lib.resolve_source(cfg, model, "stage.models", cfg.stage.name)
+    for reward, model in cfg.stage.get("reward_models", {}).items():  # stage-4's reward models
+        if reward in cfg.stage.rm_rewards:
+            run_lib.resolve_source(cfg, model, f"stage.reward_models.{reward}", cfg.stage.name)
+
+
+def skip_or_set_aside(cfg, folder: Path, name: str) -> bool:
+    """True when the stage is already complete and nothing is to be done; with force=true the finished
+    folder is moved aside (never deleted) and the stage runs again."""
+    if not run_lib.is_complete(folder) or cfg.stage.kind == "eval":  # evaluation is incremental: always runs
+        return False
+    if not cfg.force:
+        summary = (run_lib.read_manifest(folder) or {}).get("summary", {})
+        print(
+            f"{name} is already complete ({folder}); nothing to do. Pass force=true to run it again. Summary: {summary}"
+        )
+        return True
+    aside = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(folder, aside)
+    print(f"force=true: moved the finished {name} to {aside}")
+    return False
+
+
+def write_config(cfg, folder: Path, name: str) -> Path:
+    """The resolved config the stage reads, written atomically; a resume with changed keys is flagged."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yaml"
+    if config_path.exists():
+        changed = _changed_keys(OmegaConf.to_container(OmegaConf.load(config_path)), config_lib.to_plain(cfg))
+        if changed:
+            print(
+                f"warning: resuming {name} with a changed config ({', '.join(changed)}); "
+                "the result may differ from an uninterrupted run",
+                file=sys.stderr,
+            )
+    tmp = config_path.with_suffix(".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, config_path)
+    return config_path
+
+
+def run_job(cmd: list[str], env: dict) -> int:
+    """Start the distributed job in its own session; Ctrl-C / kill reach the whole job, not just the launcher."""
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return proc.wait()
+
+
+def launch(overrides: list[str]) -> int:
+    try:
+        cfg = config_lib.compose(overrides)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    folder = config_lib.stage_dir(cfg)
+    name = f"{cfg.run_name}/{cfg.stage.name}"
+    if skip_or_set_aside(cfg, folder, name):
+        return 0
+    try:
+        check_inputs(cfg)
+        acc, nproc = _accelerator(cfg)
+    except (run_lib.InputError, config_lib.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cmd, env = command(cfg, write_config(cfg, folder, name), acc, nproc)
+    print(f"launching {name} on {nproc} x {acc} with {cfg.launcher.kind}: {' '.join(cmd[2:])}", flush=True)
+    rc = run_job(cmd, env)
+    if rc != 0:
+        manifest = run_lib.read_manifest(folder)
+        if manifest and manifest.get("status") == "running":
+            run_lib.update_manifest(folder, status="failed", exit_code=rc)
+        print(
+            f"{name} failed (exit code {rc}); run the same command again to resume from its last checkpoint",
+            file=sys.stderr,
+        )
+    return rc
+
+
+def main() -> int:
+    return launch(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

