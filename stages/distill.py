@@ -14,7 +14,6 @@ the figures go into the manifest; `make eval` compares it with every stage side 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -66,9 +65,7 @@ def evaluate_student(cfg, export: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="distillation SFT (started by pipeline.run.launch)")
-    ap.add_argument("--config", required=True)
-    cfg = config_lib.load(ap.parse_args(argv).config)
+    cfg = config_lib.from_argv(argv, "distillation SFT")
     stage = cfg.stage
     folder = config_lib.stage_dir(cfg)
     dist = dist_lib.init()

@@ -18,7 +18,6 @@ table with one row per model) are rewritten at the end of every run.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -35,6 +34,8 @@ from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
 from pipeline.run import registry
 
+# A generated benchmark has no natural size: `limit: null` generates this many prompts.
+GENERATED_IF_UNLIMITED = 128
 TABLE_METRICS = (
     "greedy_accuracy",
     "greedy_lenient",
@@ -70,7 +71,7 @@ def models_to_evaluate(cfg) -> list[tuple[str, dict]]:
 def load_benchmark(name: str, bench) -> list[dict]:
     if bench.source == "reasoning_gym":
         kwargs = {k: dict(v) for k, v in (bench.task_kwargs or {}).items()}
-        records = list(iter_reasoning_gym(list(bench.tasks), bench.seed, bench.limit or 128, kwargs))
+        records = list(iter_reasoning_gym(list(bench.tasks), bench.seed, bench.limit or GENERATED_IF_UNLIMITED, kwargs))
     else:
         if not bench.path:
             raise config_lib.ConfigError(f"config key 'stage.catalog.{name}.path': a JSONL path is needed")
@@ -157,9 +158,7 @@ def evaluate_one(cfg, ctx: RewardContext, src: dict, benchmarks: dict[str, list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="evaluation (started by pipeline.run.launch)")
-    parser.add_argument("--config", required=True)
-    cfg = config_lib.load(parser.parse_args(argv).config)
+    cfg = config_lib.from_argv(argv, "evaluation")
     stage = cfg.stage
     folder = config_lib.stage_dir(cfg)
     models = models_to_evaluate(cfg)

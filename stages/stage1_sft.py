@@ -13,7 +13,6 @@ starts this module under torchrun / deepspeed with `--config <run>/stage1/config
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from pipeline.data import sources as data_lib
@@ -51,10 +50,7 @@ def prepare_data(cfg, folder, is_main: bool, barrier) -> tuple[list[dict], dict]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="stage-1 cold-start SFT (started by pipeline.run.launch)")
-    ap.add_argument("--config", required=True, help="resolved config.yaml written by the launcher")
-    args = ap.parse_args(argv)
-    cfg = config_lib.load(args.config)
+    cfg = config_lib.from_argv(argv, "stage-1 cold-start SFT")
     folder = config_lib.stage_dir(cfg)
     dist = dist_lib.init()
     init = run_lib.resolve_init(cfg)

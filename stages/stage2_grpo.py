@@ -14,8 +14,6 @@ rewards, the held-out prompts.
 
 from __future__ import annotations
 
-import argparse
-
 from transformers import AutoTokenizer
 
 from pipeline.data.prompts import encode_prompts, load_prompts
@@ -29,9 +27,7 @@ from pipeline.train import dist as dist_lib
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="stage-2 GRPO (started by pipeline.run.launch)")
-    parser.add_argument("--config", required=True)
-    cfg = config_lib.load(parser.parse_args(argv).config)
+    cfg = config_lib.from_argv(argv, "stage-2 GRPO")
     stage = cfg.stage
     dist = dist_lib.init()
     init = folders.resolve_init(cfg)

@@ -26,7 +26,6 @@ as in R1, or (the CPU default) the stage-2 export. Resumes from its own checkpoi
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -314,9 +313,7 @@ def dataset_outputs(folder: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="stage-3 rejection sampling + SFT (started by pipeline.run.launch)")
-    parser.add_argument("--config", required=True)
-    cfg = config_lib.load(parser.parse_args(argv).config)
+    cfg = config_lib.from_argv(argv, "stage-3 rejection sampling + SFT")
     stage = cfg.stage
     folder = config_lib.stage_dir(cfg)
     dist = dist_lib.init()

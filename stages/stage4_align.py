@@ -22,8 +22,6 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
 
 from __future__ import annotations
 
-import argparse
-
 from transformers import AutoTokenizer
 
 from pipeline.data.prompts import encode_prompts, load_prompts
@@ -95,9 +93,7 @@ def reward_watch(stage, is_main: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="stage-4 alignment RL (started by pipeline.run.launch)")
-    parser.add_argument("--config", required=True)
-    cfg = config_lib.load(parser.parse_args(argv).config)
+    cfg = config_lib.from_argv(argv, "stage-4 alignment RL")
     stage = cfg.stage
     dist = dist_lib.init()
     init = folders.resolve_init(cfg)

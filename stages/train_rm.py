@@ -17,7 +17,6 @@ sequence-classification folder any stage can load by path or by this stage's nam
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 
@@ -131,9 +130,7 @@ def train_loop(cfg, dist, trainer, train: list[tuple], held: list[tuple], plan: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="reward-model training (started by pipeline.run.launch)")
-    parser.add_argument("--config", required=True)
-    cfg = config_lib.load(parser.parse_args(argv).config)
+    cfg = config_lib.from_argv(argv, "reward-model training")
     stage = cfg.stage
     folder = config_lib.stage_dir(cfg)
     dist = dist_lib.init()

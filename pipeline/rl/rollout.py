@@ -36,6 +36,8 @@ class Sampling:
 # vLLM gives sample i of an n-sample request the seed `seed + i`: keep every request seed this far
 # below 2**31 - 1 so that seed + i still fits.
 SEED_HEADROOM = 65536
+# Tokens vLLM may schedule per step on CPU; at least one whole prompt (see the prefill note below).
+MIN_BATCHED_TOKENS = 8192
 
 
 @dataclass
@@ -96,7 +98,7 @@ class VLLMRollout:
             # and vLLM then rewinds the request's seeded generator with `set_offset`, which CPU
             # generators do not have ("CPU Generator does not use offset": every seeded batch with
             # more prompt tokens than one step's budget crashed). Whole-prompt prefills avoid it.
-            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len))
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(MIN_BATCHED_TOKENS, max_model_len))
         self.llm = LLM(**kwargs)
         self.enable_sleep = enable_sleep and self.cuda
         self.sleeping = False

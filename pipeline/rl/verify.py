@@ -16,6 +16,8 @@ from multiprocessing.pool import Pool
 from typing import Optional
 
 MAX_ANSWER_CHARS = 1000  # an extracted final answer longer than this is not a plausible answer
+# A worker is replaced after this many checks, so memory that parsers leak cannot grow without bound.
+TASKS_PER_WORKER = 500
 _TIMEOUT_S = 5  # math-verify's own (integer-second) alarm inside the worker
 
 
@@ -108,7 +110,7 @@ class Verifier:
 
     def _get_pool(self) -> Pool:
         if self._pool is None:
-            self._pool = mp.get_context("fork").Pool(self.workers, maxtasksperchild=500)
+            self._pool = mp.get_context("fork").Pool(self.workers, maxtasksperchild=TASKS_PER_WORKER)
         return self._pool
 
     def check(self, jobs: list[tuple]) -> list[bool]:

@@ -161,6 +161,15 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def from_argv(argv: list[str] | None, description: str) -> DictConfig:
+    """A stage module's command line, `--config <run>/<stage>/config.yaml`, as the launcher starts it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"{description} (started by pipeline.run.launch)")
+    parser.add_argument("--config", required=True, help="resolved config.yaml written by the launcher")
+    return load(parser.parse_args(argv).config)
+
+
 def load(path: str | Path) -> DictConfig:
     """Load a resolved `config.yaml` written by the launcher (already validated there)."""
     return validate(OmegaConf.load(path))

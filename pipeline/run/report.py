@@ -20,6 +20,7 @@ from pipeline.run.config import ConfigError
 from pipeline.run.folders import run_dir_from_args
 from pipeline.train.metrics import read_metrics
 
+DPI = 110  # readable in a README at GitHub's width
 SFT_STAGES = tuple(registry.names(trainer="sft"))
 RL_STAGES = tuple(registry.names(trainer="rl"))
 
@@ -60,7 +61,7 @@ def plot_sft(run_dir: Path, out: Path) -> Path | None:
     ax.legend()
     path = out / "sft_loss.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -102,7 +103,7 @@ def plot_rl(run_dir: Path, stage: str, out: Path) -> Path | None:
     fig.suptitle(f"{run_dir.name}/{stage}")
     fig.tight_layout()
     path = out / f"{stage}_rl.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -147,7 +148,7 @@ def plot_eval(run_dir: Path, out: Path) -> Path | None:
     fig.suptitle("Held-out accuracy by stage")
     fig.tight_layout()
     path = out / "accuracy.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 

@@ -113,7 +113,7 @@ def test_grpo_raises_the_reward_of_a_learnable_task(runs, warm_tiny_model_dir):
         stage__prompts_per_step=8,
         stage__group_size=8,
         stage__num_minibatches=1,
-        stage__lr=3e-4,
+        stage__optim__lr=3e-4,
         stage__mask_truncated="false",
         stage__rewards="{accuracy: 0.0, format: 1.0, language: 0.0}",
         stage__eval_every=100,
