@@ -25,10 +25,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.data import sources as data_lib
+from pipeline.data.code_tasks import humaneval_records, iter_code_file
 from pipeline.data.prompts import iter_file, iter_reasoning_gym
 from pipeline.eval.protocol import evaluate_model
 from pipeline.rl.rewards import RewardContext
 from pipeline.rl.rollout import Sampling
+from pipeline.rl.sandbox import sandbox_from
 from pipeline.rl.verify import Verifier
 from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
@@ -72,10 +74,15 @@ def load_benchmark(name: str, bench) -> list[dict]:
     if bench.source == "reasoning_gym":
         kwargs = {k: dict(v) for k, v in (bench.task_kwargs or {}).items()}
         records = list(iter_reasoning_gym(list(bench.tasks), bench.seed, bench.limit or GENERATED_IF_UNLIMITED, kwargs))
+    elif bench.source == "humaneval":
+        records = humaneval_records(bench.limit)
     else:
         if not bench.path:
             raise config_lib.ConfigError(f"config key 'stage.catalog.{name}.path': a JSONL path is needed")
-        records = list(iter_file(bench.path, bench.question_field, bench.answer_field, bench.limit))
+        if bench.source == "code_file":
+            records = list(iter_code_file(bench.path, bench.limit))
+        else:
+            records = list(iter_file(bench.path, bench.question_field, bench.answer_field, bench.limit))
     if not records:
         raise data_lib.DataError(f"benchmark {name!r}: no prompts")
     return records
@@ -164,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     models = models_to_evaluate(cfg)
     benchmarks = {name: load_benchmark(name, stage.catalog[name]) for name in stage.benchmarks}
     run_lib.start_stage(folder, cfg, models={label: src["path"] for label, src in models})
-    ctx = RewardContext(verifier=Verifier(workers=stage.verifier_workers))
+    ctx = RewardContext(
+        verifier=Verifier(workers=stage.verifier_workers),
+        sandbox=sandbox_from(stage.code),
+        code_partial_credit=stage.code.partial_credit,
+    )
     results: dict[str, dict] = {}
     for label, src in models:
         results[label], todo = cached_results(cfg, folder, label, src)

@@ -20,6 +20,7 @@ from pipeline.data.prompts import encode_prompts, load_prompts
 from pipeline.rl.batch import PromptPool
 from pipeline.rl.loop import GRPOTrainer, RLTask
 from pipeline.rl.rewards import RewardContext
+from pipeline.rl.sandbox import sandbox_from
 from pipeline.rl.verify import Verifier
 from pipeline.run import config as config_lib
 from pipeline.run import folders
@@ -40,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         dict(stage.rewards),
         lambda step: stage.prompts_per_step,
     )
-    rewards = RewardContext(verifier=Verifier(workers=stage.verifier_workers), language=stage.language)
+    rewards = RewardContext(
+        verifier=Verifier(workers=stage.verifier_workers),
+        language=stage.language,
+        sandbox=sandbox_from(stage.code),
+        code_partial_credit=stage.code.partial_credit,
+    )
     try:
         GRPOTrainer(cfg, dist, init, RLTask([pool], rewards, load_prompts(cfg.data, "eval"))).train()
     finally:

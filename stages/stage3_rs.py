@@ -38,11 +38,13 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from pipeline.data import sources as data_lib
+from pipeline.data.code_tasks import is_code
 from pipeline.data.prompts import count_prompts, encode_prompts, iter_prompts
 from pipeline.data.rejection import ShardStats, select, summarise
 from pipeline.rl.judge import Judge
-from pipeline.rl.rewards import RewardContext, score
+from pipeline.rl.rewards import RewardContext, correctness, score
 from pipeline.rl.rollout import Sampling, request_seed
+from pipeline.rl.sandbox import sandbox_from
 from pipeline.rl.verify import Verifier, is_free_text
 from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
@@ -67,10 +69,14 @@ def verdicts(records: list[dict], groups, ctx: RewardContext, judge: Judge | Non
     """Per-sample correctness (None = nobody could verify it) and format, via the reward registry."""
     texts = [c.text for g in groups for c in g]
     recs = [r for r, g in zip(records, groups) for _ in g]
-    _, parts = score(texts, recs, {"accuracy": 1.0, "format": 1.0}, ctx)
-    correct: list = [bool(x) for x in parts["accuracy"]]
+    _, parts = score(texts, recs, {"accuracy": 1.0, "code": 1.0, "format": 1.0}, ctx)
+    correct: list = [bool(x) for x in correctness(parts)]  # code prompts: their tests, in the sandbox
     # a gold answer in words, or one math-verify cannot parse, can only be judged by a model
-    math_idx = [i for i, r in enumerate(records) if r.get("task", "math") == "math" or r.get("entry") is None]
+    math_idx = [
+        i
+        for i, r in enumerate(records)
+        if not is_code(r) and (r.get("task", "math") == "math" or r.get("entry") is None)
+    ]
     parses = ctx.verifier.check([("gold", (str(records[i]["answer"]),)) for i in math_idx])
     unverifiable = {i for i, ok in zip(math_idx, parses) if not ok or is_free_text(str(records[i]["answer"]))}
     flat_owner = [i for i, g in enumerate(groups) for _ in g]
@@ -137,7 +143,12 @@ def open_sampler(cfg, dist, model_path: str) -> Sampler:
             seed=stage.seed,
             dtype=dtype,
         )
-    rewards = RewardContext(verifier=Verifier(workers=stage.verifier_workers), language=stage.language)
+    rewards = RewardContext(
+        verifier=Verifier(workers=stage.verifier_workers),
+        language=stage.language,
+        sandbox=sandbox_from(stage.code),
+        code_partial_credit=stage.code.partial_credit,
+    )
     return Sampler(AutoTokenizer.from_pretrained(model_path), rollout, rewards, judge, max_prompt)
 
 

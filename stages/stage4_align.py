@@ -30,6 +30,7 @@ from pipeline.rl.batch import PromptPool
 from pipeline.rl.loop import GRPOTrainer, RLTask
 from pipeline.rl.reward_model import RewardModel
 from pipeline.rl.rewards import RewardContext
+from pipeline.rl.sandbox import sandbox_from
 from pipeline.rl.verify import Verifier
 from pipeline.rl.watch import general_prompts_at, hacking_watch
 from pipeline.run import config as config_lib
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     rewards = RewardContext(
         verifier=Verifier(workers=stage.verifier_workers),
         language=stage.language,
+        sandbox=sandbox_from(stage.code),
+        code_partial_credit=stage.code.partial_credit,
         reward_models={
             name: RewardModel(src["path"], dist.device, stage.rm_max_length, stage.rm_batch_size)
             for name, src in models.items()

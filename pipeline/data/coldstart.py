@@ -140,10 +140,47 @@ WRITERS: dict[str, Callable[[dict], tuple[str, str, str]]] = {
 }
 
 
+def code_examples(seed: int, limit: int, task_kwargs: dict | None = None) -> Iterator[dict]:
+    """Cold-start examples for the project's code tasks: the reasoning says what the function must do
+    and checks one test by hand; the answer is the reference function in a ```python block. Each
+    example's program is run against its tests in the sandbox before it is kept."""
+    from pipeline.data.code_tasks import iter_code_functions
+    from pipeline.rl.rewards import RewardContext, score
+
+    items = list(iter_code_functions(seed, limit, task_kwargs))
+    responses = [code_response(item) for item in items]
+    _, parts = score(responses, items, {"code": 1.0, "format": 1.0}, RewardContext())
+    for item, response, passed, formatted in zip(items, responses, parts["code"], parts["format"]):
+        if passed == 1.0 and formatted == 1.0:  # verified, or dropped
+            yield {
+                "messages": [
+                    {"role": "system", "content": item["system"]},
+                    {"role": "user", "content": item["question"]},
+                    {"role": "assistant", "content": response},
+                ],
+                "task": item["task"],
+                "answer": item["answer"],
+            }
+
+
+def code_response(item: dict) -> str:
+    name_and_args = item["question"].split("`")[1]
+    check = item["tests"][0].removeprefix("assert ")
+    reasoning = (
+        f"I need a function {name_and_args} that returns {item['question'].split(' that returns ')[1]}".split("\n")[0]
+        + f"\nThe body can be a single return statement, {item['why']}.\n"
+        f"Let me verify with the first test: {check}. Correct."
+    )
+    return f"<think>\n{reasoning}\n</think>\n\nHere is the function.\n\n```python\n{item['answer']}```"
+
+
 def examples(task: str, seed: int, system_prompt: str, limit: int, task_kwargs: dict | None = None) -> Iterator[dict]:
-    """Yield up to `limit` verified R1-format chat examples for one reasoning-gym task."""
+    """Yield up to `limit` verified R1-format chat examples for one task (reasoning-gym's, or code_functions)."""
     import reasoning_gym
 
+    if task == "code_functions":
+        yield from code_examples(seed, limit, task_kwargs)
+        return
     if task not in WRITERS:
         raise ValueError(f"config key 'data.tasks': no cold-start writer for task {task!r}; known: {sorted(WRITERS)}")
     size = max(2 * limit, 16)

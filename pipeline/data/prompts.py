@@ -1,10 +1,12 @@
 """Prompt sets for RL, rejection sampling and evaluation: a plain registry of sources.
 
 Every record is `{"id", "question", "answer", "task", "entry"}`; `task` picks the verifier
-("math" -> math-verify, a reasoning-gym task name -> that task's scorer on `entry`).
+("math" -> math-verify, a reasoning-gym task name -> that task's scorer on `entry`). Code records
+also carry `tests` (and `setup`, `system`), which the `code` reward runs (`pipeline.data.code_tasks`).
 
 * reasoning_gym : a mixture of procedural tasks; item i of a task comes from Random(seed + i), so
                   the train and held-out seeds are kept far apart (data.seed vs data.eval_seed).
+* code_file     : code JSONL in HumanEval, MBPP or input/output layout.
 * file          : JSONL. GSM8K format (`answer` ending in "#### N") or MATH format (`answer` is the
                   final answer); field names are configurable.
 """
@@ -16,36 +18,46 @@ from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig
 
+from pipeline.data.code_tasks import PROJECT_TASKS, iter_code_file
 from pipeline.data.sources import DataError, iter_jsonl
 from pipeline.run.paths import absolute
 
 
 def iter_reasoning_gym(tasks: list[str], seed: int, size: int, task_kwargs: dict | None = None) -> Iterator[dict]:
-    """Items of several tasks, interleaved, generated lazily (reasoning-gym builds item i on access)."""
-    import reasoning_gym
-
+    """Items of several tasks, interleaved, generated lazily (reasoning-gym builds item i on access).
+    Tasks this project writes (`code_tasks.PROJECT_TASKS`, e.g. code_functions) mix in the same way."""
     if not tasks:
         raise DataError("config key 'data.tasks': empty task list")
     per_task = [size // len(tasks) + (i < size % len(tasks)) for i in range(len(tasks))]
-    datasets = []
-    for task, n in zip(tasks, per_task):
-        try:
-            datasets.append(
-                reasoning_gym.create_dataset(task, seed=seed, size=max(n, 1), **dict((task_kwargs or {}).get(task, {})))
-            )
-        except Exception as e:
-            raise DataError(f"config key 'data.tasks': reasoning-gym cannot build {task!r}: {e}") from None
+    sources = [_task_items(task, seed, n, (task_kwargs or {}).get(task)) for task, n in zip(tasks, per_task)]
     for i in range(max(per_task, default=0)):
-        for task, n, ds in zip(tasks, per_task, datasets):
+        for n, items in zip(per_task, sources):
             if i < n:
-                item = ds[i]
-                yield {
-                    "id": f"{task}/{seed}/{i}",
-                    "question": item["question"],
-                    "answer": str(item["answer"]),
-                    "task": task,
-                    "entry": _jsonable(item),
-                }
+                yield next(items)
+
+
+def _task_items(task: str, seed: int, n: int, kwargs: dict | None) -> Iterator[dict]:
+    if task in PROJECT_TASKS:
+        return PROJECT_TASKS[task](seed, n, kwargs)
+    return _reasoning_gym_items(task, seed, n, kwargs)
+
+
+def _reasoning_gym_items(task: str, seed: int, n: int, kwargs: dict | None) -> Iterator[dict]:
+    import reasoning_gym
+
+    try:
+        dataset = reasoning_gym.create_dataset(task, seed=seed, size=max(n, 1), **dict(kwargs or {}))
+    except Exception as e:
+        raise DataError(f"config key 'data.tasks': reasoning-gym cannot build {task!r}: {e}") from None
+    for i in range(n):
+        item = dataset[i]
+        yield {
+            "id": f"{task}/{seed}/{i}",
+            "question": item["question"],
+            "answer": str(item["answer"]),
+            "task": task,
+            "entry": _jsonable(item),
+        }
 
 
 def reasoning_gym_prompts(tasks: list[str], seed: int, size: int, task_kwargs: dict | None = None) -> list[dict]:
@@ -111,7 +123,7 @@ def count_prompts(cfg: DictConfig, split: str = "train") -> int:
     """How many prompts `iter_prompts` will yield (for progress bars and ETAs), cheaply."""
     if cfg.source == "reasoning_gym":
         return cfg.num_examples if split == "train" else cfg.eval_examples
-    if cfg.source == "file":
+    if cfg.source in ("file", "code_file"):
         path = absolute(cfg.path if split == "train" else cfg.eval_path)
         limit = cfg.max_examples if split == "train" else cfg.eval_examples
         with open(path, "rb") as f:
@@ -135,11 +147,27 @@ def _file(cfg: DictConfig, split: str) -> Iterator[dict]:
     return iter_file(cfg.eval_path, cfg.question_field, cfg.answer_field, cfg.eval_examples)
 
 
-PROMPT_SOURCES: dict[str, Callable[[DictConfig, str], Iterator[dict]]] = {"reasoning_gym": _rg, "file": _file}
+def _code_file(cfg: DictConfig, split: str) -> Iterator[dict]:
+    if split == "train":
+        return iter_code_file(cfg.path, cfg.max_examples)
+    if not cfg.eval_path:
+        raise DataError("config key 'data.eval_path': a held-out JSONL is needed with data.source=code_file")
+    return iter_code_file(cfg.eval_path, cfg.eval_examples)
+
+
+PROMPT_SOURCES: dict[str, Callable[[DictConfig, str], Iterator[dict]]] = {
+    "reasoning_gym": _rg,  # reasoning-gym tasks and the project's own (code_functions)
+    "file": _file,  # maths JSONL (GSM8K, MATH)
+    "code_file": _code_file,  # code JSONL (HumanEval, MBPP or input/output layout)
+}
 
 
 def chat(record: dict, system_prompt: str) -> list[dict]:
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": record["question"]}]
+    """The prompt as chat turns; a record may carry its own system prompt (code prompts ask for a code block)."""
+    return [
+        {"role": "system", "content": record.get("system") or system_prompt},
+        {"role": "user", "content": record["question"]},
+    ]
 
 
 def encode_prompts(tokenizer, records, system_prompt) -> list[list[int]]:

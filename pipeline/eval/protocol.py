@@ -22,13 +22,18 @@ import re
 from collections import defaultdict
 from typing import Optional
 
+from pipeline.data.code_tasks import is_code
 from pipeline.eval.maths import majority_vote, pass_at_k
-from pipeline.rl.rewards import RewardContext, extract_answer, score
+from pipeline.rl.rewards import RewardContext, correctness, extract_answer, extract_program, score
 from pipeline.rl.rollout import Sampling, request_seed
 
 
-def vote_key(completion: str) -> Optional[str]:
-    """The final answer in a canonical spelling for voting: no spaces or $, numbers as numbers."""
+def vote_key(completion: str, record: Optional[dict] = None) -> Optional[str]:
+    """The final answer in a canonical spelling for voting: no spaces or $, numbers as numbers; for a
+    code prompt, the program with its whitespace collapsed (samples vote for identical programs)."""
+    if record is not None and is_code(record):
+        program = extract_program(completion)
+        return " ".join(program.split()) if program and program.strip() else None
     ans = extract_answer(completion)
     if ans is None:
         return None
@@ -40,6 +45,8 @@ def vote_key(completion: str) -> Optional[str]:
         return key or None
 
 
+# What counts as right: maths answers (accuracy) or programs passing their tests (code), and the format.
+CHECKS = {"accuracy": 1.0, "code": 1.0, "format": 1.0}
 # R1 §3: pass@1 is measured on samples at temperature 0.6 and top-p 0.95.
 R1_EVAL_TEMPERATURE = 0.6
 R1_EVAL_TOP_P = 0.95
@@ -84,16 +91,17 @@ def _greedy(rollout, prompt_ids, records, ctx, max_tokens: int, stop_ids, rows: 
         prompt_ids, Sampling(1, 0.0, 1.0, max_tokens), seeds=[0] * len(prompt_ids), stop_token_ids=stop_ids
     )
     texts = [g[0].text for g in outs]
-    _, parts = score(texts, records, {"accuracy": 1.0, "format": 1.0}, ctx)
+    _, parts = score(texts, records, CHECKS, ctx)
+    right = correctness(parts)
     metrics = dict(
-        greedy_accuracy=_mean(parts["accuracy"]),
+        greedy_accuracy=_mean(right),
         greedy_format=_mean(parts["format"]),
         greedy_len_mean=_mean([len(g[0].token_ids) for g in outs]),
     )
-    lenient = [last_number_correct(t, r["answer"]) for t, r in zip(texts, records)]
+    lenient = [None if is_code(r) else last_number_correct(t, r["answer"]) for t, r in zip(texts, records)]
     if any(v is not None for v in lenient):
         metrics["greedy_lenient"] = _mean(v for v in lenient if v is not None)
-    for row, text, ok in zip(rows, texts, parts["accuracy"]):
+    for row, text, ok in zip(rows, texts, right):
         row.update(greedy=text, greedy_correct=bool(ok))
     return metrics
 
@@ -104,15 +112,15 @@ def _sampled(rollout, prompt_ids, records, ctx, sampling: Sampling, seed: int, s
         prompt_ids, sampling, seeds=[request_seed(seed, -1, i) for i in range(len(prompt_ids))], stop_token_ids=stop_ids
     )
     texts = [c.text for g in outs for c in g]
-    _, parts = score(texts, [r for r in records for _ in range(k)], {"accuracy": 1.0, "format": 1.0}, ctx)
-    accuracy = parts["accuracy"]
+    _, parts = score(texts, [r for r in records for _ in range(k)], CHECKS, ctx)
+    accuracy = correctness(parts)
     pass1, passk, cons = [], [], []
     for i, row in enumerate(rows):
         verdicts = accuracy[i * k : (i + 1) * k]
         correct = int(sum(verdicts))
         pass1.append(correct / k)
         passk.append(pass_at_k(k, correct, k))
-        keys = [vote_key(t) for t in texts[i * k : (i + 1) * k]]
+        keys = [vote_key(t, records[i]) for t in texts[i * k : (i + 1) * k]]
         voted = majority_vote(keys)
         cons.append(float(voted >= 0 and verdicts[voted] == 1.0))
         row.update(samples_correct=correct, voted=keys[voted] if voted >= 0 else None, cons_correct=bool(cons[-1]))

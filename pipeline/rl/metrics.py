@@ -29,7 +29,8 @@ def reflection_count(text: str) -> int:
 
 def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
     """Per-step metrics; a reward component is averaged over the samples it scored (with routed pools,
-    accuracy covers reasoning prompts only and the RM scores general prompts only)."""
+    accuracy covers reasoning prompts only and the RM scores general prompts only; on a mixed task
+    list, accuracy covers the maths prompts and `reward/code` the code prompts)."""
     samples = batch.samples
     n = max(1, len(samples))
     lengths = [len(x.completion.token_ids) for x in samples] or [0]
@@ -48,9 +49,9 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "entropy": stats.entropy,
         "rollout_logprob_gap": stats.rollout_logprob_gap,
     }
-    names = sorted({k for x in samples for k in x.parts})
+    names = sorted({k for x in samples for k, v in x.parts.items() if v is not None})
     for name in names:
-        values = [x.parts[name] for x in samples if name in x.parts]
+        values = [x.parts[name] for x in samples if x.parts.get(name) is not None]
         metrics[f"reward/{name}"] = sum(values) / len(values)
         if name in RM_REWARDS:  # the RM score distribution, to see it drift or saturate
             mean = metrics[f"reward/{name}"]

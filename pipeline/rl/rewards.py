@@ -1,8 +1,10 @@
 """Rule-based rewards (R1 §2.2.2, §2.3.2): plain functions in one registry, picked by name.
 
 Each reward maps (completions, prompt records, context) to one float per completion in [0, 1].
-A stage's config names the components and their weights (`rl.rewards: {accuracy: 1.0, ...}`); the
-total is the weighted sum and every component is logged separately.
+A stage's config names the components and their weights (`stage.rewards: {accuracy: 1.0, ...}`); the
+total is the weighted sum and every component is logged separately. A component that does not
+apply to a prompt (accuracy on a code prompt, code on a maths prompt) is None: it adds nothing to
+the total and is left out of that component's mean.
 
 * accuracy  - the final `\\boxed{}` of the answer part, checked against the gold answer: by
               reasoning-gym's own scorer for its tasks (binarised: 1.0 only), by math-verify for
@@ -11,6 +13,10 @@ total is the weighted sum and every component is logged separately.
               with exactly one `\\boxed{}` and no further think tags. Duplicated blocks earn 0.
 * language  - R1's language-consistency reward: the share of the chain of thought's words that are
               in the target language, judged by Unicode script (see `language_share`).
+* code      - the program in the answer part (its last fenced code block after `</think>`), run
+              against the prompt's tests in the sandbox (`pipeline.rl.sandbox`): 1.0 when every test
+              passes (R1's accuracy reward for code is binary), or the fraction of tests passed
+              with `stage.code.partial_credit`. Code prompts carry `tests` (`pipeline.data.code_tasks`).
 * helpfulness, harmlessness - stage-4's reward models (σ of the RM logit): helpfulness sees only the
               answer after `</think>`, harmlessness the whole response.
 """
@@ -23,7 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pipeline.data.code_tasks import is_code
 from pipeline.data.r1format import THINK_CLOSE, THINK_OPEN, extract_boxed, split_think
+from pipeline.rl.sandbox import Sandbox
 from pipeline.rl.verify import Verifier
 
 MAX_COMPLETION_CHARS = 20_000  # anything longer is cut before any regex or parser sees it
@@ -33,6 +41,8 @@ MAX_COMPLETION_CHARS = 20_000  # anything longer is cut before any regex or pars
 class RewardContext:
     verifier: Verifier = field(default_factory=Verifier)
     language: str = "en"
+    sandbox: Optional[Sandbox] = None  # runs code prompts' tests; made on first use if None
+    code_partial_credit: bool = False  # code reward = fraction of tests passed instead of all-or-nothing
     # name -> scorer(prompts, responses) -> raw logits; stage-4's reward models (pipeline.rl.reward_model)
     reward_models: dict[str, Callable[[list[str], list[str]], list[float]]] = field(default_factory=dict)
 
@@ -48,30 +58,61 @@ def extract_answer(completion: str) -> Optional[str]:
     return extract_boxed(answer_part(completion))
 
 
-def accuracy_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:
-    jobs = []
-    for c, r in zip(completions, records):
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def extract_program(completion: str) -> Optional[str]:
+    """The last fenced code block of the answer part (after `</think>`), or None."""
+    blocks = _FENCE.findall(answer_part(completion))
+    return blocks[-1][1] if blocks else None
+
+
+def accuracy_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[Optional[float]]:
+    """Maths and reasoning-gym answers; None for code prompts (the `code` reward checks those)."""
+    out: list[Optional[float]] = [None] * len(completions)
+    jobs, where = [], []
+    for i, (c, r) in enumerate(zip(completions, records)):
+        if is_code(r):
+            continue
+        where.append(i)
         pred = extract_answer(c)
         task = r.get("task", "math")
         if task != "math" and r.get("entry") is not None:
             jobs.append(("rg", (task, r["entry"], pred)))
         else:
             jobs.append(("math", (str(r["answer"]), pred)))
-    return [float(ok) for ok in ctx.verifier.check(jobs)]
+    for i, ok in zip(where, ctx.verifier.check(jobs) if jobs else []):
+        out[i] = float(ok)
+    return out
+
+
+def code_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[Optional[float]]:
+    """Code prompts: run the extracted program against the tests (batched, in parallel); None elsewhere."""
+    out: list[Optional[float]] = [None if not is_code(r) else 0.0 for r in records]
+    jobs, where = [], []
+    for i, (c, r) in enumerate(zip(completions, records)):
+        program = extract_program(c) if is_code(r) else None
+        if program is not None:
+            jobs.append((program, list(r["tests"]), r.get("setup") or ""))
+            where.append(i)
+    if jobs:
+        ctx.sandbox = ctx.sandbox or Sandbox()
+        for i, outcome in zip(where, ctx.sandbox.run_many(jobs)):
+            out[i] = outcome.fraction if ctx.code_partial_credit else float(outcome.passed)
+    return out
 
 
 def format_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:
+    """One leading non-empty think block, no think tags after it, then the answer: exactly one
+    non-empty `\\boxed{}`, or for a code prompt at least one fenced code block."""
     out = []
-    for c in completions:
-        c = c[:MAX_COMPLETION_CHARS]
-        parts = split_think(c)
-        ok = (
-            parts is not None
-            and parts[0].strip() != ""
-            and THINK_OPEN not in parts[1]
-            and parts[1].count("\\boxed{") == 1
-            and extract_boxed(parts[1]) not in (None, "")
-        )
+    for c, r in zip(completions, records):
+        parts = split_think(c[:MAX_COMPLETION_CHARS])
+        ok = parts is not None and parts[0].strip() != "" and THINK_OPEN not in parts[1]
+        if ok and is_code(r):
+            ok = bool(_FENCE.search(parts[1]))
+        elif ok:
+            ok = parts[1].count("\\boxed{") == 1 and extract_boxed(parts[1]) not in (None, "")
         out.append(float(ok))
     return out
 
@@ -176,7 +217,8 @@ def harmlessness_reward(completions: list[str], records: list[dict], ctx: Reward
 RM_REWARDS = ("helpfulness", "harmlessness")
 RewardFn = Callable[[list[str], list[dict], RewardContext], list[float]]
 REWARDS: dict[str, RewardFn] = {
-    "accuracy": accuracy_reward,
+    "accuracy": accuracy_reward,  # maths and reasoning-gym answers
+    "code": code_reward,  # programs run against tests in the sandbox
     "format": format_reward,
     "language": language_reward,
     "helpfulness": helpfulness_reward,  # reward model, general prompts (stage-4)
@@ -192,5 +234,15 @@ def score(
     if unknown:
         raise ValueError(f"unknown reward(s) {sorted(unknown)}; known: {sorted(REWARDS)}")
     parts = {name: REWARDS[name](completions, records, ctx) for name, w in weights.items()}
-    total = [sum(weights[n] * parts[n][i] for n in parts) for i in range(len(completions))]
+    total = [sum(weights[n] * parts[n][i] for n in parts if parts[n][i] is not None) for i in range(len(completions))]
     return total, parts
+
+
+def correctness(parts: dict[str, list]) -> list[float]:
+    """Per completion: was the answer right, whatever the domain (accuracy, else code, else 0)."""
+    n = len(next(iter(parts.values()))) if parts else 0
+    out = []
+    for i in range(n):
+        value = next((parts[k][i] for k in ("accuracy", "code") if k in parts and parts[k][i] is not None), 0.0)
+        out.append(float(value))
+    return out

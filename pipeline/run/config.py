@@ -28,6 +28,7 @@ RENAMED_KEYS = {
     for k in ("lr", "min_lr_ratio", "warmup_steps", "weight_decay", "betas", "grad_clip")
 }
 
+BENCHMARK_SOURCES = ("reasoning_gym", "file", "code_file", "humaneval")
 _CHOICES = {
     "model.dtype": {"auto", "fp32", "bf16"},
     "deepspeed.zero_stage": {0, 1, 2, 3},
@@ -146,9 +147,9 @@ def _check_benchmarks(stage: DictConfig) -> None:
             f"config key 'stage.benchmarks': {missing} not in stage.catalog; known: {sorted(stage.catalog)}"
         )
     for name, bench in stage.catalog.items():
-        if bench.source not in ("reasoning_gym", "file"):
+        if bench.source not in BENCHMARK_SOURCES:
             raise ConfigError(
-                f"config key 'stage.catalog.{name}.source': {bench.source!r} is not one of ['file', 'reasoning_gym']"
+                f"config key 'stage.catalog.{name}.source': {bench.source!r} is not one of {list(BENCHMARK_SOURCES)}"
             )
 
 

@@ -101,6 +101,28 @@ class RolloutConfig:
 
 
 @dataclass
+class SandboxLimitsConfig:
+    """Per program run by the `code` reward (pipeline.rl.sandbox.Limits)."""
+
+    cpu_seconds: int = 5  # CPU time of each process
+    wall_seconds: float = 10.0  # the whole run, start-up included; then the whole namespace is killed
+    memory_mb: int = 1024  # address space of each process
+    file_mb: int = 16  # largest file it may write (its tmpfs holds 4x this)
+    processes: int = 32  # processes + threads of its own uid
+    open_files: int = 64
+    output_bytes: int = 65536  # stdout + stderr kept; more and it is killed (and fails)
+
+
+@dataclass
+class CodeConfig:
+    """The `code` reward: programs from code prompts run against their tests in the sandbox."""
+
+    partial_credit: bool = False  # reward = fraction of tests passed; R1's accuracy reward is binary
+    workers: int = 2  # programs run at once
+    limits: SandboxLimitsConfig = field(default_factory=SandboxLimitsConfig)
+
+
+@dataclass
 class GRPOStageConfig:
     kind: str = "grpo"
     module: str = "stages.stage2_grpo"
@@ -123,7 +145,12 @@ class GRPOStageConfig:
     dynamic_sampling: bool = False  # drop zero-variance groups and refill from further prompts (DAPO)
     max_refill_rounds: int = 3
     mask_truncated: bool = True  # outputs cut by max_new_tokens get no gradient
-    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2, "language": 0.1})
+    # accuracy scores maths prompts, code scores code prompts (each is None, so adds nothing, on the
+    # other kind); format and language apply to every prompt
+    rewards: dict[str, float] = field(
+        default_factory=lambda: {"accuracy": 1.0, "code": 1.0, "format": 0.2, "language": 0.1}
+    )
+    code: CodeConfig = field(default_factory=CodeConfig)
     language: str = "en"  # target language of the chain of thought
     verifier_workers: int = 2
     max_tokens_per_forward: int = 1024  # trainer packs sequences into rows of at most this many tokens
@@ -231,6 +258,7 @@ class RSStageConfig(SFTStageConfig):
     readability: ReadabilityConfig = field(default_factory=ReadabilityConfig)
     general: GeneralDataConfig = field(default_factory=GeneralDataConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)  # verifies code prompts' samples (their tests)
 
 
 @dataclass
@@ -255,9 +283,10 @@ class RMStageConfig:
 
 @dataclass
 class BenchmarkConfig:
-    """One evaluation set: held-out reasoning-gym items, or a JSONL with question/answer fields."""
+    """One evaluation set: held-out reasoning-gym items, a JSONL with question/answer fields, code
+    prompts with tests (a JSONL in HumanEval/MBPP/input-output layout), or HumanEval itself."""
 
-    source: str = "file"  # reasoning_gym | file
+    source: str = "file"  # reasoning_gym | file | code_file | humaneval
     path: Optional[str] = None  # file: JSONL (GSM8K "#### N" answers are cut to N; MATH/AIME: final answer)
     question_field: str = "question"
     answer_field: str = "answer"
@@ -285,6 +314,7 @@ class EvalStageConfig:
     max_new_tokens: int = 256
     seed: int = 42
     verifier_workers: int = 2
+    code: CodeConfig = field(default_factory=CodeConfig)  # code benchmarks: programs run against their tests
     gpu_memory_utilization: float = 0.8
     cpu_kv_cache_gb: int = 2
 

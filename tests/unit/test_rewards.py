@@ -32,7 +32,7 @@ def math_rec(answer):
 
 
 def test_registry_names():
-    assert set(REWARDS) == {"accuracy", "format", "language", "helpfulness", "harmlessness"}
+    assert set(REWARDS) == {"accuracy", "code", "format", "language", "helpfulness", "harmlessness"}
 
 
 def test_accuracy_math_verify_equivalences(ctx):

@@ -104,7 +104,8 @@ def test_reasoning_prompts_get_rule_rewards_and_general_prompts_reward_models(ve
         assert by_pool == ({"reasoning", "general"} if expect_general else {"reasoning"})
         for x in batch.samples:
             if x.pool == "reasoning":
-                assert set(x.parts) == {"accuracy", "format", "language"}
+                assert set(x.parts) == {"accuracy", "code", "format", "language"}
+                assert x.parts["code"] is None  # no tests on a maths prompt: the code reward does not apply
             else:
                 assert set(x.parts) == {"helpfulness", "harmlessness"}
         assert all(q.startswith("chat") for q, _ in rm.seen) and (len(rm.seen) > 0) == expect_general
