@@ -26,6 +26,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from pipeline.data.code_tasks import is_code
 from pipeline.data.r1format import split_think
 from pipeline.rl.rewards import MAX_COMPLETION_CHARS, language_share
 
@@ -50,8 +51,11 @@ def has_code_block(text: str) -> bool:
     return "```" in text
 
 
-def readability_failure(completion: str, task: str, cfg: DictConfig, language: str) -> Optional[str]:
-    """The first readability filter the sample fails, or None. `cfg` is `stage.readability`."""
+def readability_failure(
+    completion: str, task: str, cfg: DictConfig, language: str, code_prompt: bool = False
+) -> Optional[str]:
+    """The first readability filter the sample fails, or None. `cfg` is `stage.readability`. A code
+    prompt's answer is a code block by design (`code_prompt`), as are the tasks in `cfg.code_tasks`."""
     parts = split_think(completion[:MAX_COMPLETION_CHARS])
     cot = parts[0] if parts else completion
     share = language_share(cot, language)
@@ -59,7 +63,7 @@ def readability_failure(completion: str, task: str, cfg: DictConfig, language: s
         return "mixed_language"
     if longest_paragraph_words(cot) > cfg.max_paragraph_words:
         return "long_paragraph"
-    if task not in cfg.code_tasks and has_code_block(completion):
+    if not code_prompt and task not in cfg.code_tasks and has_code_block(completion):
         return "code_block"
     return None
 
@@ -117,7 +121,13 @@ class ShardStats:
 
 
 def rejection_reason(
-    text: str, verdict: Optional[bool], well_formed: bool, task: str, readability: DictConfig, language: str
+    text: str,
+    verdict: Optional[bool],
+    well_formed: bool,
+    task: str,
+    readability: DictConfig,
+    language: str,
+    code_prompt: bool = False,
 ) -> Optional[str]:
     """Why a sample is dropped before dedup and the cap (a key of FILTERS), or None to keep it."""
     if verdict is None:
@@ -126,7 +136,7 @@ def rejection_reason(
         return "incorrect"
     if not well_formed:
         return "format"
-    return readability_failure(text, task, readability, language)
+    return readability_failure(text, task, readability, language, code_prompt)
 
 
 def sft_row(record: dict, text: str, task: str, system_prompt: str) -> dict:
@@ -169,7 +179,7 @@ def select(
             stats.samples += 1
             per_task["samples"] += 1
             n_correct += bool(verdict)
-            reason = rejection_reason(completion.text, verdict, fmt, task, readability, language)
+            reason = rejection_reason(completion.text, verdict, fmt, task, readability, language, is_code(record))
             if reason is None and readability.dedup:
                 key = dedup_key(completion.text)
                 reason = "duplicate" if key in seen else None

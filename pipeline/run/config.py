@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.run.paths import CONF_DIR, REPO_ROOT, base_model_dir, cache_dir
-from pipeline.run.schema import STAGE_SCHEMAS, Config, DataConfig  # noqa: F401  (DataConfig: re-exported)
+from pipeline.run.schema import STAGE_SCHEMAS, BenchmarkConfig, Config, DataConfig  # noqa: F401  (DataConfig: re-exported)
 
 
 class ConfigError(ValueError):
@@ -146,7 +146,12 @@ def _check_benchmarks(stage: DictConfig) -> None:
         raise ConfigError(
             f"config key 'stage.benchmarks': {missing} not in stage.catalog; known: {sorted(stage.catalog)}"
         )
-    for name, bench in stage.catalog.items():
+    for name in list(stage.catalog):
+        try:
+            stage.catalog[name] = OmegaConf.merge(OmegaConf.structured(BenchmarkConfig), stage.catalog[name])
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"config key 'stage.catalog.{name}.{getattr(e, 'key', '')}': {_first_line(e)}") from None
+        bench = stage.catalog[name]
         if bench.source not in BENCHMARK_SOURCES:
             raise ConfigError(
                 f"config key 'stage.catalog.{name}.source': {bench.source!r} is not one of {list(BENCHMARK_SOURCES)}"

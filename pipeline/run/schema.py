@@ -306,7 +306,9 @@ class EvalStageConfig:
     models: list[str] = field(default_factory=lambda: ["auto"])  # auto = base + every finished stage of the run;
     # or names: base, stage1, …, or HF folder paths
     benchmarks: list[str] = field(default_factory=lambda: ["heldout"])  # keys of `catalog`
-    catalog: dict[str, BenchmarkConfig] = field(default_factory=dict)
+    # name -> BenchmarkConfig. Typed Any so `+stage.catalog.mine={...}` can add one from the command line
+    # (Hydra cannot assign a dict into a typed dict value); validation merges each into BenchmarkConfig.
+    catalog: dict[str, Any] = field(default_factory=dict)
     samples: int = 4  # k samples per prompt for pass@1 / pass@k / cons@k (R1: 4-64); 0 = greedy only
     temperature: float = 0.6  # R1's evaluation sampling
     top_p: float = 0.95

@@ -58,3 +58,18 @@ def test_eval_of_a_stage_that_has_not_run_says_what_to_run(tmp_path):
     r = run_eval(tmp_path / "runs", "stage.models=[stage2]")
     assert r.returncode != 0
     assert "make stage-2" in r.stderr + r.stdout
+
+
+def test_humaneval_runs_through_the_sandbox(tmp_path, warm_tiny_model_dir):
+    r = run_eval(
+        tmp_path / "runs",
+        f"stage.models=[{warm_tiny_model_dir}]",
+        "stage.benchmarks=[humaneval]",
+        "stage.catalog.humaneval.limit=4",
+        "stage.samples=2",
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = json.loads((tmp_path / "runs" / "ev" / "eval" / "results.json").read_text())[warm_tiny_model_dir.name]
+    he = m["humaneval"]
+    assert he["n"] == 4 and 0.0 <= he["pass@1"] <= he["pass@2"] <= 1.0  # a random tiny model scores ~0
+    assert "greedy_lenient" not in he  # no last-number reading for programs

@@ -36,7 +36,7 @@ def run_stage2(runs: Path, name: str, init: Path, fault: str | None = None, **ov
     """overrides: config keys with dots written as `__` (stage__steps=8)."""
     args = {**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}}
     return launch_stage(
-        "stage2", runs, name, f"stage.init_from={init}", *(f"{k}={v}" for k, v in args.items()), *TINY_TASK, fault=fault
+        "stage2", runs, name, f"stage.init_from={init}", *TINY_TASK, *(f"{k}={v}" for k, v in args.items()), fault=fault
     )
 
 
@@ -129,3 +129,24 @@ def test_grpo_raises_the_reward_of_a_learnable_task(runs, warm_tiny_model_dir):
     assert last >= first + 0.12, rewards  # measured: 0.47 -> 0.68
     # the rollout engine sampled from exactly the policy being trained at every step
     assert max(r["rollout_logprob_gap"] for r in m) < 1e-4
+
+
+def test_a_stage_mixing_code_and_maths_prompts_logs_the_code_reward_separately(runs, warm_tiny_model_dir):
+    """Code prompts (tests run in the sandbox) and maths prompts in one RL stage: accuracy averages over
+    the maths samples, reward/code over the code samples, and the total adds each where it applies."""
+    # two prompts, one of each kind, both drawn at every step
+    p = run_stage2(
+        runs,
+        "mixed",
+        warm_tiny_model_dir,
+        stage__steps=2,
+        stage__eval_every=0,
+        data__tasks="[chain_sum,code_functions]",
+        data__num_examples=2,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = metrics(runs / "mixed" / "stage2")
+    assert [r["step"] for r in m] == [1, 2]
+    for record in m:
+        assert 0.0 <= record["reward/code"] <= 1.0 and 0.0 <= record["accuracy"] <= 1.0
+        assert record["reward"] <= 1.0 + 1.0 + 0.1  # accuracy or code (never both), format, language

@@ -148,3 +148,10 @@ def test_stage_yaml_holds_only_what_differs_from_its_schema(stage_file):
         if f.name in stage and f.name not in ("catalog",) and stage[f.name] == defaults[f.name]
     ]
     assert not restated, f"conf/stage/{stage_file}.yaml restates schema defaults {restated}"
+
+
+def test_a_benchmark_can_be_added_from_the_command_line_and_is_typed():
+    cfg = compose(["stage=eval", "+stage.catalog.mine={path: data/mine.jsonl, question_field: problem}"])
+    assert cfg.stage.catalog.mine.question_field == "problem" and cfg.stage.catalog.mine.limit == 128
+    with pytest.raises(ConfigError, match=r"stage\.catalog\.bad\.pathh"):
+        compose(["stage=eval", "+stage.catalog.bad={pathh: x}"])
