@@ -145,7 +145,9 @@ def collect(
             if stage.dynamic_sampling and flat and refill_round < stage.max_refill_rounds:
                 dropped += 1
                 continue
-            advantages = maths.group_advantages(rewards, stage.group_size, scale_by_std=stage.scale_by_std)
+            advantages = maths.group_advantages(
+                rewards, stage.group_size, scale_by_std=stage.scale_by_std, std_floor=stage.adv_std_floor
+            )
             for x, a in zip(group, advantages.tolist()):
                 x.advantage = a
             kept.append(group)

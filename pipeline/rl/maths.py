@@ -3,8 +3,9 @@
 All functions are pure tensor maths on padded [batch, time] tensors plus a 0/1 `mask` of response
 tokens, so each variant can be pinned with hand-computed numbers (tests/unit/test_grpo.py).
 
-* Group-relative advantages: A_i = (r_i - mean(r_group)) / (std(r_group) + eps); Dr. GRPO drops
-  the std division (it up-weights easy/hard groups with tiny spread).
+* Group-relative advantages: A_i = (r_i - mean(r_group)) / (max(std(r_group), floor) + eps); Dr. GRPO
+  drops the std division (it up-weights easy/hard groups with tiny spread). The floor keeps a small
+  continuous difference (format, language, an RM score) from becoming a full-size advantage.
 * Clipped surrogate against the rollout (old) policy, with ε_low / ε_high (DAPO's clip-higher
   when they differ). R1 reports ε = 10 - effectively unclipped because it takes one policy update
   per rollout batch, where ratio = 1. Frameworks default to 0.2 (PPO), which matters as soon as
@@ -25,15 +26,21 @@ AGGREGATIONS = ("seq_mean", "token_mean", "dr_grpo")
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6, std_floor: float = 0.0
 ) -> torch.Tensor:
-    """rewards [N*G] (groups contiguous) -> advantages [N*G]."""
+    """rewards [N*G] (groups contiguous) -> advantages [N*G].
+
+    `std_floor`: the std a group is divided by is at least this, so a group whose rewards differ only
+    a little (one language score of 0.9 among 1.0s) gets advantages in proportion to that difference
+    instead of being blown up to the size of a right-versus-wrong group's.
+    """
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.view(-1, group_size).float()
     adv = r - r.mean(dim=1, keepdim=True)
     if scale_by_std:
-        adv = adv / (r.std(dim=1, keepdim=True, unbiased=True).nan_to_num(0.0) + eps)
+        std = r.std(dim=1, keepdim=True, unbiased=True).nan_to_num(0.0)
+        adv = adv / (std.clamp(min=std_floor) + eps)
     return adv.view(-1)
 
 

@@ -142,6 +142,13 @@ class GRPOStageConfig:
     ref_update_every: int = 400  # refresh the reference to the current policy every N steps (R1: 400)
     aggregation: str = "seq_mean"  # seq_mean (R1 Eq. 1) | token_mean (DAPO) | dr_grpo
     scale_by_std: bool = True  # False = Dr. GRPO advantages (no std division)
+    # A group's rewards are divided by max(std, adv_std_floor). Without a floor, a group flat on accuracy
+    # whose totals differ by one language score (0.29 vs 0.30) got advantages of +0.35 / -2.47, as large
+    # as a group with 1 right answer in 8, so the 0.2 / 0.1 weights of format and language did nothing
+    # and noise drove the update. 0.1 is half the format weight: a right-vs-wrong group (std >= 0.33 at
+    # G = 8) is untouched, a format-only difference keeps most of its size, and a 0.01 language
+    # difference gives advantages of about 0.01-0.09. Same for stage-4's RM scores (in [0, 1]).
+    adv_std_floor: float = 0.1
     dynamic_sampling: bool = False  # drop zero-variance groups and refill from further prompts (DAPO)
     max_refill_rounds: int = 3
     mask_truncated: bool = True  # outputs cut by max_new_tokens get no gradient

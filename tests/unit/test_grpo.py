@@ -149,3 +149,20 @@ def test_chunked_losses_sum_to_the_batch_loss_and_gradient(how):
         g += gr
     assert acc == pytest.approx(full.loss.item(), rel=1e-6)
     assert torch.allclose(g, g_full, atol=1e-7)
+
+
+def test_a_small_continuous_difference_is_not_blown_up_to_a_full_size_advantage():
+    """The case issue 14 found: accuracy flat, one language score of 0.9 (totals 0.29 vs 0.30)."""
+    flat_but_noisy = torch.tensor([0.29] + [0.30] * 7)
+    one_right = torch.tensor([1.3] + [0.3] * 7)
+    unfloored = group_advantages(flat_but_noisy, 8)
+    assert unfloored[0] == pytest.approx(-2.47, abs=0.01) and unfloored[1] == pytest.approx(0.35, abs=0.01)
+    floored = group_advantages(flat_but_noisy, 8, std_floor=0.1)
+    assert floored.abs().max() < 0.1  # in proportion to a 0.01 difference
+    torch.testing.assert_close(group_advantages(one_right, 8, std_floor=0.1), group_advantages(one_right, 8))
+    rm_scores = torch.tensor([0.51, 0.50, 0.52, 0.50])  # stage-4: RM scores that barely differ
+    assert group_advantages(rm_scores, 4, std_floor=0.1).abs().max() < 0.15
+    from pipeline.run.config import compose
+
+    assert compose(["stage=stage2"]).stage.adv_std_floor == 0.1
+    assert compose(["stage=stage4"]).stage.adv_std_floor == 0.1
