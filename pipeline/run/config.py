@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.run.paths import CONF_DIR, REPO_ROOT, base_model_dir, cache_dir
-from pipeline.run.schema import STAGE_SCHEMAS, BenchmarkConfig, Config, DataConfig  # noqa: F401  (DataConfig: re-exported)
+from pipeline.run.registry import STAGE_SCHEMAS
+from pipeline.run.schema import BenchmarkConfig, Config, DataConfig  # noqa: F401  (DataConfig: re-exported)
 
 
 class ConfigError(ValueError):

@@ -3,7 +3,7 @@ the launcher's "run X first" messages and the config all read. A stage missing h
 `tests/unit/test_registry.py`.
 
     name         the folder under runs/<run>/, and what `init_from` and `stage=` name it by
-    kind         its config schema (`pipeline.run.schema.STAGE_SCHEMAS`)
+    kind         its config schema (`STAGE_SCHEMAS` below: kind -> dataclass in `pipeline.run.schema`)
     make_target  what produces it
     parent       the stage whose output it reads by default: its init_from (distill: its dataset_from);
                  None when it starts from the base model
@@ -14,6 +14,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
+from pipeline.run.schema import (
+    AlignStageConfig,
+    DistillStageConfig,
+    EvalStageConfig,
+    GRPOStageConfig,
+    RMStageConfig,
+    RSStageConfig,
+    SFTStageConfig,
+)
+
+# Each stage kind's config schema; `pipeline.run.config` validates `stage` against it.
+STAGE_SCHEMAS: dict[str, type] = {
+    "sft": SFTStageConfig,
+    "grpo": GRPOStageConfig,
+    "rs_sft": RSStageConfig,
+    "eval": EvalStageConfig,
+    "rm": RMStageConfig,
+    "align": AlignStageConfig,
+    "distill": DistillStageConfig,
+}
 
 
 @dataclass(frozen=True)

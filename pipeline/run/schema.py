@@ -360,19 +360,9 @@ class Config:
     force: bool = False  # re-run a finished stage (its old folder is moved aside, not deleted)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    stage: Any = None  # the stage's own schema (STAGE_SCHEMAS[stage.kind]), set by conf/stage/<name>.yaml
+    # the stage's own schema (registry.STAGE_SCHEMAS[stage.kind]), from conf/stage/<name>.yaml
+    stage: Any = None
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment: str = "cpu"  # label of the experiment preset that was applied
-
-
-STAGE_SCHEMAS: dict[str, type] = {
-    "sft": SFTStageConfig,
-    "grpo": GRPOStageConfig,
-    "rs_sft": RSStageConfig,
-    "eval": EvalStageConfig,
-    "rm": RMStageConfig,
-    "align": AlignStageConfig,
-    "distill": DistillStageConfig,
-}

@@ -136,7 +136,7 @@ def test_stage_yaml_holds_only_what_differs_from_its_schema(stage_file):
     """One source of truth: a stage file that restates a schema default is a second copy that can drift."""
     import dataclasses
 
-    from pipeline.run.schema import STAGE_SCHEMAS
+    from pipeline.run.registry import STAGE_SCHEMAS
 
     text = OmegaConf.load(CONF_DIR / "stage" / f"{stage_file}.yaml")
     stage = text.get("stage", text) if "stage" in text else text

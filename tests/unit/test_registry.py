@@ -10,7 +10,7 @@ import pytest
 from pipeline.run import registry
 from pipeline.run.config import compose
 from pipeline.run.paths import CONF_DIR, REPO_ROOT
-from pipeline.run.schema import STAGE_SCHEMAS
+from pipeline.run.registry import STAGE_SCHEMAS
 
 STAGE_FILES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
 MAKEFILE = (REPO_ROOT / "Makefile").read_text()
