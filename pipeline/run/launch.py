@@ -213,7 +213,17 @@ def launch(overrides: list[str]) -> int:
     return rc
 
 
+def usage() -> str:
+    from pipeline.run import registry
+
+    stages = "\n".join(f"  {s.name:11s} {s.make_target}" for s in registry.STAGES)
+    return f"{__doc__.strip()}\n\nStages (stage=<name>):\n{stages}\n"
+
+
 def main() -> int:
+    if any(arg in ("-h", "--help", "help") for arg in sys.argv[1:]):
+        print(usage())
+        return 0
     return launch(sys.argv[1:])
 
 

@@ -54,3 +54,19 @@ def test_latest_checkpoint_ignores_incomplete_and_staging(tmp_path):
     (ck / ".staging" / checkpoint.tag_for(8)).mkdir(parents=True)
     assert checkpoint.latest(ck).name == "step_00000004"
     assert checkpoint.latest(tmp_path / "nothing") is None
+
+
+def test_launcher_help_prints_usage_and_the_stages():
+    import subprocess
+    import sys
+
+    from pipeline.run.paths import REPO_ROOT
+
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline.run.launch", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0 and "make stage-1" in p.stdout and "rm_safety" in p.stdout
