@@ -6,6 +6,7 @@ Determinism for exact resume: prompts come from a seeded, epoch-shuffled order r
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ class Batch:
     prompts_drawn: int
     gen_seconds: float
     score_seconds: float
+    surplus_groups: int = 0  # informative groups beyond the batch size (dynamic sampling's over-sampling)
 
 
 @dataclass
@@ -70,6 +72,7 @@ def merge(batches: list[Batch]) -> Batch:
         sum(b.prompts_drawn for b in batches),
         sum(b.gen_seconds for b in batches),
         sum(b.score_seconds for b in batches),
+        sum(b.surplus_groups for b in batches),
     )
 
 
@@ -109,47 +112,83 @@ def collect(
     world: int,
     stop_ids: list[int],
 ) -> tuple[Batch, int]:
-    """Generate and score `pool`'s groups for one step; with dynamic sampling refill zero-variance groups.
-    Returns the batch and the pool's new cursor."""
+    """Generate and score `pool`'s groups for one step; returns the batch and the pool's new cursor.
+
+    With dynamic sampling (DAPO), groups whose rewards are all equal are dropped and the batch is filled
+    from further prompts. Each round draws `dynamic_oversample` times the prompts still needed in one
+    vLLM batch, as DAPO over-samples, instead of refilling a few prompts at a time (a small batch keeps
+    vLLM's throughput low); informative groups beyond the batch size are discarded (`surplus_groups`).
+    In the last allowed round flat groups are kept, so the batch is always full.
+    """
     stage = cfg.stage
     per_rank = pool.per_step(step) // world
-    seed = stage.seed + pool.seed_offset
-    sampling = Sampling(stage.group_size, stage.rollout.temperature, stage.rollout.top_p, stage.rollout.max_new_tokens)
+    rounds = stage.max_refill_rounds + 1 if stage.dynamic_sampling else 1
     kept: list[list[Sample]] = []
-    zero_var = dropped = drawn = 0
+    counts = {"zero_var": 0, "dropped": 0, "surplus": 0, "drawn": 0}
     gen_seconds = score_seconds = 0.0
-    for refill_round in range(stage.max_refill_rounds + 1 if stage.dynamic_sampling else 1):
+    for refill_round in range(rounds):
         need = per_rank - len(kept)
         if need <= 0:
             break
-        # every rank draws the same global prompt positions and takes its own slice
-        draws = [cursor + j * world + rank for j in range(need)]
-        cursor += need * world
-        drawn += need * world
-        indices = [prompt_index(d, len(pool.records), seed) for d in draws]
-        start = time.perf_counter()
-        completions = rollout.generate(
-            [pool.prompt_ids[i] for i in indices],
-            sampling,
-            seeds=[request_seed(seed, step, d) for d in draws],
-            stop_token_ids=stop_ids,
-        )
-        generated = time.perf_counter()
-        groups = _score_groups(pool, indices, completions, stage.group_size, ctx)
-        score_seconds += time.perf_counter() - generated
-        gen_seconds += generated - start
+        draw = math.ceil(need * stage.dynamic_oversample) if stage.dynamic_sampling else need
+        groups, cursor, seconds = _draw_groups(rollout, pool, cursor, draw, step, cfg, ctx, rank, world, stop_ids)
+        gen_seconds, score_seconds = gen_seconds + seconds[0], score_seconds + seconds[1]
+        counts["drawn"] += draw * world
         for group in groups:
             rewards = torch.tensor([x.reward for x in group])
             flat = bool(maths.zero_variance_groups(rewards, stage.group_size)[0])
-            zero_var += flat and refill_round == 0
-            if stage.dynamic_sampling and flat and refill_round < stage.max_refill_rounds:
-                dropped += 1
-                continue
-            advantages = maths.group_advantages(
-                rewards, stage.group_size, scale_by_std=stage.scale_by_std, std_floor=stage.adv_std_floor
-            )
-            for x, a in zip(group, advantages.tolist()):
-                x.advantage = a
-            kept.append(group)
+            counts["zero_var"] += flat and refill_round == 0
+            if len(kept) >= per_rank:
+                counts["surplus"] += 1
+            elif stage.dynamic_sampling and flat and refill_round < rounds - 1:
+                counts["dropped"] += 1
+            else:
+                advantages = maths.group_advantages(
+                    rewards, stage.group_size, scale_by_std=stage.scale_by_std, std_floor=stage.adv_std_floor
+                )
+                for x, a in zip(group, advantages.tolist()):
+                    x.advantage = a
+                kept.append(group)
     samples = [x for group in kept for x in group]
-    return Batch(samples, len(kept), zero_var, dropped, drawn, gen_seconds, score_seconds), cursor
+    batch = Batch(
+        samples,
+        len(kept),
+        counts["zero_var"],
+        counts["dropped"],
+        counts["drawn"],
+        gen_seconds,
+        score_seconds,
+        counts["surplus"],
+    )
+    return batch, cursor
+
+
+def _draw_groups(
+    rollout,
+    pool: PromptPool,
+    cursor: int,
+    draw: int,
+    step: int,
+    cfg: DictConfig,
+    ctx: RewardContext,
+    rank: int,
+    world: int,
+    stop_ids: list[int],
+) -> tuple[list[list[Sample]], int, tuple[float, float]]:
+    """`draw` prompts for this rank (every rank draws the same global positions and takes its own slice),
+    sampled in one vLLM batch and scored: (groups, new cursor, (generate seconds, score seconds))."""
+    stage = cfg.stage
+    seed = stage.seed + pool.seed_offset
+    draws = [cursor + j * world + rank for j in range(draw)]
+    indices = [prompt_index(d, len(pool.records), seed) for d in draws]
+    sampling = Sampling(stage.group_size, stage.rollout.temperature, stage.rollout.top_p, stage.rollout.max_new_tokens)
+    start = time.perf_counter()
+    completions = rollout.generate(
+        [pool.prompt_ids[i] for i in indices],
+        sampling,
+        seeds=[request_seed(seed, step, d) for d in draws],
+        stop_token_ids=stop_ids,
+    )
+    generated = time.perf_counter()
+    groups = _score_groups(pool, indices, completions, stage.group_size, ctx)
+    return groups, cursor + draw * world, (generated - start, time.perf_counter() - generated)

@@ -40,9 +40,11 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "response_len_max": max(lengths),
         "truncated_frac": sum(x.completion.truncated for x in samples) / n,
         "reflection_per_response": sum(reflection_count(x.completion.text) for x in samples) / n,
-        "zero_var_group_frac": batch.zero_var_groups / max(1, batch.groups + batch.dropped_groups),
+        "zero_var_group_frac": batch.zero_var_groups
+        / max(1, batch.groups + batch.dropped_groups + batch.surplus_groups),
         "groups": batch.groups,
         "dropped_groups": batch.dropped_groups,
+        "surplus_groups": batch.surplus_groups,
         "loss": stats.loss,
         "kl": stats.kl,
         "clip_frac": stats.clip_frac,

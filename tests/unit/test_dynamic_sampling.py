@@ -49,7 +49,7 @@ def ctx():
     c.verifier.close()
 
 
-def run(ctx, dynamic: bool, rounds: int = 3):
+def run(ctx, dynamic: bool, rounds: int = 3, oversample: float = 1.0):
     cfg = compose(
         [
             "stage=stage2",
@@ -57,6 +57,7 @@ def run(ctx, dynamic: bool, rounds: int = 3):
             f"stage.group_size={G}",
             f"stage.dynamic_sampling={str(dynamic).lower()}",
             f"stage.max_refill_rounds={rounds}",
+            f"stage.dynamic_oversample={oversample}",
             "stage.rewards={accuracy: 1.0, format: 0.0, language: 0.0}",
         ]
     )
@@ -94,3 +95,17 @@ def test_refill_rounds_are_bounded(ctx):
     # with no refill rounds allowed, the flat groups of the first draw are kept as they are
     batch, cursor, order, rollout = run(ctx, dynamic=True, rounds=0)
     assert cursor == 2 and batch.groups == 2 and len(rollout.calls) == 1
+
+
+def test_over_sampling_fills_the_batch_from_one_larger_vllm_batch(ctx):
+    """DAPO-style: draw 2x the prompts still needed in one engine call instead of refilling a few at a time."""
+    batch, cursor, order, rollout = run(ctx, dynamic=True, oversample=2.0)
+    informative = [i for i in order if i % 2 == 1]
+    assert len(rollout.calls[0]) == 4  # 2 prompts needed, 4 drawn at once
+    assert batch.groups == 2 and len(batch.samples) == 2 * G
+    kept = {int(x.completion.text.split("{")[1].split("}")[0]) for x in batch.samples if x.reward > 0}
+    assert kept == set(informative[:2])
+    flat_first = sum(i % 2 == 0 for i in order[:4])
+    # every group of the first batch is counted once: kept, dropped as flat, or surplus beyond the batch
+    assert batch.groups + batch.dropped_groups + batch.surplus_groups == len(order) == batch.prompts_drawn
+    assert batch.zero_var_groups == flat_first
