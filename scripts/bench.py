@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -80,12 +81,15 @@ MODES = {
 
 
 class PeakRSS:
-    """Polls the RSS of a process and all its descendants; `.peak_gb` after `stop()`."""
+    """Polls the memory of a process and all its descendants. `peak_gb` is the peak of the summed RSS (an
+    upper bound: pages that forked workers share with their parent count once per process), `peak_pss_gb`
+    the peak of the summed PSS (shared pages split between their users: what the machine really holds)."""
 
     def __init__(self, pid: int, every: float = 0.5):
         import psutil
 
-        self.proc, self.every, self.peak = psutil.Process(pid), every, 0
+        self.proc, self.every, self.peak, self.peak_pss, self.peak_gpu = psutil.Process(pid), every, 0, 0, 0
+        self.gpu = shutil.which("nvidia-smi") is not None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -95,16 +99,24 @@ class PeakRSS:
 
         while not self._stop.is_set():
             try:
-                tree = [self.proc, *self.proc.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                tree = [p for p in (self.proc, *self.proc.children(recursive=True)) if p.is_running()]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree))
+                self.peak_pss = max(self.peak_pss, sum(getattr(p.memory_full_info(), "pss", 0) for p in tree))
             except psutil.Error:
                 pass
+            if self.gpu:  # memory in use on the GPUs, whoever allocated it (the bench runs alone)
+                query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+                used = subprocess.run(query, capture_output=True, text=True).stdout.split()
+                self.peak_gpu = max(self.peak_gpu, sum(int(x) for x in used if x.isdigit()) << 20)
             self._stop.wait(self.every)
 
-    def stop(self) -> float:
+    def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
-        return self.peak / 2**30
+        peak = {"peak_rss_gb": self.peak / 2**30, "peak_pss_gb": self.peak_pss / 2**30}
+        if self.gpu:
+            peak["peak_gpu_gb"] = self.peak_gpu / 2**30
+        return peak
 
 
 def run_measured(

@@ -21,7 +21,7 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def _worker(part: str, spec: dict, name: str) -> tuple[dict, float]:
+def _worker(part: str, spec: dict, name: str) -> tuple[dict, dict]:
     path = BENCH_DIR / f"{name}.spec.json"
     path.write_text(json.dumps(spec))
     _, peak = run_measured([PY, str(Path(__file__)), part, str(path)])
@@ -42,7 +42,7 @@ def rollouts(settings) -> dict:
         "out": str(BENCH_DIR / f"rollouts-{settings.mode}.json"),
     }
     result, peak = _worker("rollouts", spec, f"rollouts-{settings.mode}")
-    result["peak_rss_gb"] = peak
+    result.update(peak)
     print(
         f"rollouts: project {result['project_tok_per_s']:.0f} tok/s, raw vLLM {result['raw_tok_per_s']:.0f} tok/s",
         flush=True,
@@ -133,9 +133,7 @@ def grpo_project(settings) -> dict:
         key: _mean([r[key] for r in steady])
         for key in ("step_seconds", "time_generate", "time_score", "time_train", "time_sync", "rollout_tok_per_s")
     }
-    result.update(
-        peak_rss_gb=peak, steps=len(records), response_len_mean=_mean([r["response_len_mean"] for r in steady])
-    )
+    result.update(**peak, steps=len(records), response_len_mean=_mean([r["response_len_mean"] for r in steady]))
     print(
         f"grpo project: {result['step_seconds']:.1f} s/step (generate {result['time_generate']:.1f}, train "
         f"{result['time_train']:.1f}, sync {result['time_sync']:.2f})",
@@ -205,7 +203,7 @@ def grpo_trl(settings) -> dict:
         "time_generate": generate,
         "time_train": step - _mean([r["generate_and_score"] for r in steady]),
         "torch_threads": data["torch_threads"],
-        "peak_rss_gb": peak,
+        **peak,
         "steps": len(data["steps"]),
     }
     lengths = [r["completions/mean_length"] for r in data["log"] if "completions/mean_length" in r][1:]
@@ -240,7 +238,7 @@ def sft(settings) -> dict:
     project = {
         "tok_per_s": sum(r["tokens"] for r in steady) / sum(r["step_seconds"] for r in steady),
         "steps": len(records),
-        "peak_rss_gb": peak,
+        **peak,
     }
     spec = {
         "model": settings.model,
@@ -251,7 +249,7 @@ def sft(settings) -> dict:
         "out": str(BENCH_DIR / f"hf-sft-{settings.mode}.json"),
     }
     hf, hf_peak = _worker("hf_sft", spec, f"hf-sft-{settings.mode}")
-    hf["peak_rss_gb"] = hf_peak
+    hf.update(hf_peak)
     print(f"sft: packed {project['tok_per_s']:.0f} tok/s, padded HF Trainer {hf['tok_per_s']:.0f} tok/s", flush=True)
     return {"project": project, "hf_padded": hf}
 
@@ -344,8 +342,14 @@ def summarise(result: dict, goals: dict) -> tuple[dict, str]:
             f"padded HF {sf['hf_padded']['tok_per_s']:.0f}",
             "sft_vs_padded_hf",
         ),
-        ("peak RSS GRPO (GB)", f"{gp['peak_rss_gb']:.1f}", f"TRL {gt['peak_rss_gb']:.1f}", None),
-        ("peak RSS SFT (GB)", f"{sf['project']['peak_rss_gb']:.1f}", f"HF {sf['hf_padded']['peak_rss_gb']:.1f}", None),
+        ("peak memory GRPO, PSS (GB)", f"{gp['peak_pss_gb']:.1f}", f"TRL {gt['peak_pss_gb']:.1f}", None),
+        ("peak memory GRPO, RSS sum (GB)", f"{gp['peak_rss_gb']:.1f}", f"TRL {gt['peak_rss_gb']:.1f}", None),
+        (
+            "peak memory SFT, PSS (GB)",
+            f"{sf['project']['peak_pss_gb']:.1f}",
+            f"HF {sf['hf_padded']['peak_pss_gb']:.1f}",
+            None,
+        ),
     ]
     lines = ["| measurement | project | baseline | ratio | goal | met |", "|---|---|---|---|---|---|"]
     for label, ours, theirs, key in rows:
