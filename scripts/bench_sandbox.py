@@ -24,7 +24,7 @@ ATTACKS = {
     "fork bomb": "import os\nwhile True:\n    os.fork()\n",
     "infinite loop": "while True:\n    pass\n",
     "memory bomb": "x = bytearray(8 << 30)\n",
-    "huge file": "open('big', 'wb').write(b'x' * (1 << 30))\n",
+    "huge file": "with open('big', 'wb') as f:\n    for _ in range(1024):\n        f.write(b'x' * (1 << 20))\n",
     "read /etc/passwd": "print(open('/etc/passwd').read())\n",
     "read the run folder": f"print(os.listdir({str(Path.cwd() / 'runs')!r}))\n",
     "outbound connection": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=3)\n",
