@@ -39,9 +39,11 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from pipeline.rl.sandbox_runner import set_limits
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 # Sandboxed programs run as uids from here on; one per concurrent program, so RLIMIT_NPROC counts
@@ -51,8 +53,10 @@ SANDBOX_UID_SLOTS = 50_000
 RESULT_PREFIX = "R1-SANDBOX-RESULT"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Limits:
+    """Per program; also the schema of `stage.code.limits` (pipeline.run.schema.CodeConfig)."""
+
     cpu_seconds: int = 5  # CPU time of each process
     wall_seconds: float = 10.0  # the whole run, start-up included
     memory_mb: int = 1024  # address space of each process
@@ -196,17 +200,8 @@ class Sandbox:
         rlimits = _rlimits(self.limits)
         rlimits["processes"] = _user_processes() + self.limits.processes  # the user's own count is shared
 
-        def limit():
-            import resource
-
-            for name, key in (
-                ("RLIMIT_AS", "memory_bytes"),
-                ("RLIMIT_CPU", "cpu_seconds"),
-                ("RLIMIT_FSIZE", "file_bytes"),
-                ("RLIMIT_NOFILE", "open_files"),
-                ("RLIMIT_NPROC", "processes"),
-            ):
-                resource.setrlimit(getattr(resource, name), (rlimits[key], rlimits[key]))
+        def limit():  # in the child between fork and exec: nothing to import here
+            set_limits(rlimits)
 
         proc = subprocess.Popen(
             [self.python, "-I", "-S", str(work / "program.py")],
@@ -300,7 +295,4 @@ def _verdict(output: bytes, status: str, nonce: str, n_tests: int) -> Outcome:
 
 def sandbox_from(code_cfg) -> Sandbox:
     """The sandbox a stage's `code` config group asks for (`stage.code.limits`, `stage.code.workers`)."""
-    fields = {f for f in asdict(Limits())}
-    return Sandbox(
-        limits=Limits(**{k: v for k, v in dict(code_cfg.limits).items() if k in fields}), workers=code_cfg.workers
-    )
+    return Sandbox(limits=Limits(**dict(code_cfg.limits)), workers=code_cfg.workers)

@@ -11,6 +11,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pipeline.rl.sandbox import Limits
+
 
 @dataclass
 class ModelConfig:
@@ -101,25 +103,12 @@ class RolloutConfig:
 
 
 @dataclass
-class SandboxLimitsConfig:
-    """Per program run by the `code` reward (pipeline.rl.sandbox.Limits)."""
-
-    cpu_seconds: int = 5  # CPU time of each process
-    wall_seconds: float = 10.0  # the whole run, start-up included; then the whole namespace is killed
-    memory_mb: int = 1024  # address space of each process
-    file_mb: int = 16  # largest file it may write (its tmpfs holds 4x this)
-    processes: int = 32  # processes + threads of its own uid
-    open_files: int = 64
-    output_bytes: int = 65536  # stdout + stderr kept; more and it is killed (and fails)
-
-
-@dataclass
 class CodeConfig:
     """The `code` reward: programs from code prompts run against their tests in the sandbox."""
 
     partial_credit: bool = False  # reward = fraction of tests passed; R1's accuracy reward is binary
     workers: int = 2  # programs run at once
-    limits: SandboxLimitsConfig = field(default_factory=SandboxLimitsConfig)
+    limits: Limits = field(default_factory=Limits)  # per program: CPU, wall, memory, files, processes, output
 
 
 @dataclass
