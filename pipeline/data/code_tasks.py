@@ -107,22 +107,16 @@ def code_function_task(index: int, seed: int, kinds: Optional[list[str]] = None)
         args = template.inputs(rng)
         call = f"{name}({', '.join(repr(a) for a in args)})"
         tests.append(f"assert {call} == {namespace[name](*args)!r}")
-    question = (
-        f"Write a Python function `{name}({template.args})` that returns "
-        f"{template.says.format(k=k, c=c)}.\n{ANSWER_INSTRUCTION}"
+    question = f"Write a Python function `{name}({template.args})` that returns {template.says.format(k=k, c=c)}."
+    return _record(
+        f"code_functions/{seed}/{index}",
+        question,
+        reference,
+        "code_functions",
+        tests,
+        why=template.why.format(k=k, c=c),
+        kind=kind,
     )
-    return {
-        "id": f"code_functions/{seed}/{index}",
-        "question": question,
-        "answer": reference,
-        "task": "code_functions",
-        "entry": None,
-        "tests": tests,
-        "setup": "",
-        "system": CODE_SYSTEM_PROMPT,
-        "why": template.why.format(k=k, c=c),
-        "kind": kind,
-    }
 
 
 def iter_code_functions(seed: int, size: int, kwargs: Optional[dict] = None) -> Iterator[dict]:
@@ -146,47 +140,53 @@ def is_code(record: dict) -> bool:
     return record.get("tests") is not None
 
 
-def _humaneval_record(row: dict, where: str) -> dict:
-    prompt, entry = row["prompt"], row["entry_point"]
+def _record(
+    id: str, question: str, answer: Optional[str], task: str, tests: list[str], setup: str = "", **extra
+) -> dict:
+    """A code record (see the module docstring); the question gets the instruction to answer in a code block."""
     return {
-        "id": row.get("task_id", where),
-        "question": f"Complete the following Python function.\n```python\n{prompt}```\n{ANSWER_INSTRUCTION}",
-        "answer": prompt + row.get("canonical_solution", ""),
-        "task": "humaneval",
+        "id": id,
+        "question": f"{question}\n{ANSWER_INSTRUCTION}",
+        "answer": answer,
+        "task": task,
         "entry": None,
-        "tests": [f"{row['test']}\ncheck({entry})"],
-        "setup": prompt,
+        "tests": tests,
+        "setup": setup,
         "system": CODE_SYSTEM_PROMPT,
+        **extra,
     }
+
+
+def _humaneval_record(row: dict, where: str) -> dict:
+    prompt = row["prompt"]
+    return _record(
+        row.get("task_id", where),
+        f"Complete the following Python function.\n```python\n{prompt}```",
+        prompt + row.get("canonical_solution", ""),
+        "humaneval",
+        [f"{row['test']}\ncheck({row['entry_point']})"],
+        setup=prompt,
+    )
 
 
 def _mbpp_record(row: dict, where: str) -> dict:
     tests = list(row["test_list"])
-    return {
-        "id": str(row.get("task_id", where)),
-        "question": f"{row['text']}\nYour function must pass tests such as:\n{tests[0]}\n{ANSWER_INSTRUCTION}",
-        "answer": row.get("code"),
-        "task": "mbpp",
-        "entry": None,
-        "tests": tests,
-        "setup": row.get("test_setup_code", "") or "",
-        "system": CODE_SYSTEM_PROMPT,
-    }
+    return _record(
+        str(row.get("task_id", where)),
+        f"{row['text']}\nYour function must pass tests such as:\n{tests[0]}",
+        row.get("code"),
+        "mbpp",
+        tests,
+        setup=row.get("test_setup_code", "") or "",
+    )
 
 
 def _io_record(row: dict, where: str) -> dict:
     name = row.get("fn_name") or row["entry_point"]
     tests = [f"assert {name}(*{list(args)!r}) == {out!r}" for args, out in zip(row["inputs"], row["outputs"])]
-    return {
-        "id": str(row.get("id", where)),
-        "question": f"{row.get('prompt') or row['question']}\n{ANSWER_INSTRUCTION}",
-        "answer": row.get("solution"),
-        "task": "code_io",
-        "entry": None,
-        "tests": tests,
-        "setup": "",
-        "system": CODE_SYSTEM_PROMPT,
-    }
+    return _record(
+        str(row.get("id", where)), row.get("prompt") or row["question"], row.get("solution"), "code_io", tests
+    )
 
 
 def code_record(row: dict, where: str) -> dict:
