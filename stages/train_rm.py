@@ -27,7 +27,7 @@ from pipeline.rl.reward_model import encode, load_rm, score_ids
 from pipeline.run import config as config_lib
 from pipeline.run import folders
 from pipeline.run.faults import maybe_fault
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, lora
 from pipeline.train import dist as dist_lib
 from pipeline.train.engine import build_engine
 from pipeline.train.maths import bradley_terry_loss, pointwise_loss
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             f"config key 'stage.batch_size': {stage.batch_size} is not divisible by the {dist.world} processes"
         )
     model, tokenizer = load_rm(init["path"], torch.device("cpu"), train=True)
+    model = lora.apply(model, cfg, modules_to_save=["score"])  # model.lora.rank > 0: adapters + a trained head
     train, held = prepare(cfg, tokenizer)
     plan = batch_plan(len(train), stage.batch_size, stage.epochs, stage.seed)
     trainer = build_engine(

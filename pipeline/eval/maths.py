@@ -31,3 +31,22 @@ def majority_vote(keys: list) -> int:
         return -1
     best = max(counts, key=lambda k: (counts[k], -first[k]))
     return first[best]
+
+
+def mcnemar(before: list[bool], after: list[bool]) -> dict:
+    """Exact McNemar test of paired verdicts on the same prompts (two-sided binomial on the discordant
+    pairs): did `after` get more prompts right than `before` beyond chance? Returns the counts and p."""
+    if len(before) != len(after):
+        raise ValueError(f"paired verdicts differ in length: {len(before)} vs {len(after)}")
+    gained = sum(1 for b, a in zip(before, after) if a and not b)
+    lost = sum(1 for b, a in zip(before, after) if b and not a)
+    n = gained + lost
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n if n else 1.0
+    return {
+        "n": len(before),
+        "before": sum(map(bool, before)) / max(1, len(before)),
+        "after": sum(map(bool, after)) / max(1, len(after)),
+        "gained": gained,
+        "lost": lost,
+        "p": min(1.0, 2 * tail),
+    }

@@ -30,21 +30,25 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from pipeline.data.prompts import encode_prompts
+from pipeline.data.sources import read_jsonl, write_jsonl
+from pipeline.eval.maths import mcnemar
 from pipeline.eval.protocol import evaluate_prompts
 from pipeline.rl.batch import PromptPool, collect, merge
+from pipeline.rl.maths import k3_kl
 from pipeline.rl.metrics import batch_metrics
 from pipeline.rl.rewards import RewardContext
 from pipeline.rl.rollout import Sampling, VLLMRollout
 from pipeline.rl.state import RLState
-from pipeline.rl.update import update
+from pipeline.rl.update import packed_logprobs, update
 from pipeline.rl.weight_sync import policy_weights
 from pipeline.run import folders
 from pipeline.run.config import ConfigError, stage_dir
 from pipeline.run.faults import maybe_fault
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, lora
 from pipeline.train.dist import Dist
 from pipeline.train.engine import build_engine, load_model
 from pipeline.train.metrics import MetricsLogger, progress_bar, read_metrics
+from pipeline.train.precision import vllm_dtype
 
 REFERENCE_FILE = "ref.safetensors"
 # The tied lm_head shares the embedding's storage: it is not saved twice, and loads back through it.
@@ -81,6 +85,7 @@ class GRPOTrainer:
             state_type=RLState,
         )
         self.engine, self.scheduler, self.state = trainer.engine, trainer.scheduler, trainer.state
+        self.dtype = trainer.dtype
         self.state.cursors = self.state.cursors or {pool.name: 0 for pool in task.pools}
         self.reference = self._reference_model(trainer.checkpoint)
         self.rollout = self._rollout_engine()
@@ -98,10 +103,18 @@ class GRPOTrainer:
                     )
 
     def _reference_model(self, resumed_from: Optional[Path]):
-        """A frozen copy of the policy for the KL penalty (none at beta = 0); restored on resume, since
-        after a refresh it is no longer the init model."""
+        """The policy's reference for the KL penalty (none at beta = 0). With LoRA it is the base model
+        with the adapters off (no copy); otherwise a frozen copy, restored on resume since after a
+        refresh it is no longer the init model."""
         if self.stage.beta <= 0:
             return None
+        if lora.is_lora(self.engine.module):
+            if self.stage.ref_update_every < self.stage.steps:
+                raise ConfigError(
+                    "config key 'stage.ref_update_every': with model.lora the reference is the base model "
+                    "(adapters off) and cannot be refreshed; set it >= stage.steps"
+                )
+            return lora.AdapterOff(self.engine)
         reference = copy.deepcopy(self.engine.module).eval().requires_grad_(False)
         if resumed_from is not None:
             reference.load_state_dict(load_file(resumed_from / REFERENCE_FILE), strict=False)
@@ -114,7 +127,7 @@ class GRPOTrainer:
             self.init["path"],
             max_model_len=max(len(p) for p in prompt_ids) + rollout_cfg.max_new_tokens,
             seed=self.stage.seed,
-            dtype="auto" if self.dist.device.type == "cuda" else "float32",
+            dtype=vllm_dtype(self.dtype),  # rollouts compute in the trainer's dtype
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
             cpu_kv_cache_gb=rollout_cfg.cpu_kv_cache_gb,
             enable_sleep=rollout_cfg.sleep_during_training,
@@ -133,7 +146,7 @@ class GRPOTrainer:
         logger = MetricsLogger(self.folder / "metrics.jsonl", self.cfg, self.state.step, enabled=dist.is_main)
         history = self._history()
         if self.state.step == 0 and dist.is_main and stage.eval_every > 0:
-            logger.log(0, self.evaluate())
+            logger.log(0, self.evaluate(0))
         bar = progress_bar(self.cfg, dist.is_main, stage.steps, self.state.step, stage.name)
         while self.state.step < stage.steps:
             metrics = self.rl_step()
@@ -141,7 +154,7 @@ class GRPOTrainer:
             if self.task.step_hook is not None:
                 metrics.update(self.task.step_hook(step, metrics, history))
             if dist.is_main and stage.eval_every > 0 and (step % stage.eval_every == 0 or step == stage.steps):
-                metrics.update(self.evaluate())
+                metrics.update(self.evaluate(step))
             logger.log(step, metrics)
             history.append({"step": step, **metrics})
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['response_len_mean']:.0f}")
@@ -161,15 +174,21 @@ class GRPOTrainer:
         self.rollout.sleep()
         generated = time.perf_counter()
         lr = self.scheduler.get_last_lr()[0]
+        measured_kl = self._measured_kl(batch.samples)
         stats = update(self.engine, self.reference, batch.samples, self.cfg, self.dist.device, self.state.step)
         trained = time.perf_counter()
         self.rollout.push_weights(policy_weights(self.engine, self.cfg.deepspeed.zero_stage))
         synced = time.perf_counter()
         self.state.step += 1
-        if self.reference is not None and self.state.step - self.state.ref_step >= self.stage.ref_update_every:
+        refreshable = isinstance(self.reference, torch.nn.Module)  # the LoRA reference is the base, fixed
+        if refreshable and self.state.step - self.state.ref_step >= self.stage.ref_update_every:
             self.reference.load_state_dict(self.engine.module.state_dict())
             self.state.ref_step = self.state.step
         metrics = batch_metrics(batch, stats)
+        if self.reference is None:  # no KL term: log one only where it was measured
+            metrics.pop("kl")
+            if measured_kl is not None:
+                metrics["kl"] = measured_kl
         gen_tokens = sum(len(x.completion.token_ids) for x in batch.samples)
         metrics.update(
             lr=lr,
@@ -184,6 +203,24 @@ class GRPOTrainer:
         if len(self.task.pools) > 1:
             metrics.update({f"time_score/{name}": b.score_seconds for name, b in per_pool})
         return metrics
+
+    def _measured_kl(self, samples: list) -> Optional[float]:
+        """At beta = 0 there is no reference model; every `kl_every` steps the init model is loaded for
+        one step to measure the k3 KL of the current (pre-update) policy to it on this batch's tokens."""
+        every = self.stage.kl_every
+        if self.reference is not None or every <= 0 or (self.state.step + 1) % every or not samples:
+            return None
+        if lora.is_lora(self.engine.module):
+            reference = lora.AdapterOff(self.engine)
+        else:
+            reference = load_model(self.init["path"], self.cfg, adapters=False)[0].to(self.dist.device).eval()
+        temperature, row_tokens = self.stage.rollout.temperature, self.stage.max_tokens_per_forward
+        with torch.no_grad():
+            ref = packed_logprobs(reference, samples, temperature, self.dist.device, row_tokens)
+            pol = packed_logprobs(self.engine, samples, temperature, self.dist.device, row_tokens)
+        del reference
+        total = sum(float(k3_kl(p, r).sum()) for p, r in zip(pol, ref))
+        return total / max(1, sum(p.numel() for p in pol))
 
     def _generate(self) -> list:
         """(pool name, scored batch) for every pool that draws prompts at this step; advances the cursors."""
@@ -204,11 +241,12 @@ class GRPOTrainer:
                 per_pool.append((pool.name, batch))
         return per_pool
 
-    def evaluate(self) -> dict:
-        """Held-out greedy accuracy and pass@1 over `eval_samples` samples, with the engine's current weights."""
+    def evaluate(self, step: int) -> dict:
+        """Held-out greedy accuracy (and pass@1 over `eval_samples` samples) with the current weights;
+        the per-prompt verdicts go to eval/step_<step>.jsonl for the paired test at the end."""
         stage = self.stage
         sampling = Sampling(stage.eval_samples, stage.eval_temperature, stage.eval_top_p, stage.rollout.max_new_tokens)
-        metrics, _ = evaluate_prompts(
+        metrics, rows = evaluate_prompts(
             self.rollout,
             self.eval_ids,
             self.task.eval_records,
@@ -217,7 +255,14 @@ class GRPOTrainer:
             seed=stage.seed,
             stop_ids=self.stop_ids,
         )
-        return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("n", "samples")}
+        write_jsonl(rows, self.folder / "eval" / f"step_{step:05d}.jsonl")
+        out = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("n", "samples")}
+        tasks = sorted({r["task"] for r in rows if r.get("task")})
+        if len(tasks) > 1:
+            for task in tasks:
+                verdicts = [r["greedy_correct"] for r in rows if r.get("task") == task]
+                out[f"eval/greedy_accuracy/{task}"] = sum(verdicts) / len(verdicts)
+        return out
 
     def save(self) -> None:
         checkpoint.save(
@@ -244,6 +289,7 @@ class GRPOTrainer:
         summary: dict = {"steps": self.state.step}
         if self.dist.is_main:
             summary.update(_summary(read_metrics(self.folder / "metrics.jsonl")))
+            summary.update(heldout_test(self.folder / "eval"))
             folders.complete_stage(self.folder, summary, folders.model_outputs(self.folder))
         return summary
 
@@ -253,11 +299,27 @@ class GRPOTrainer:
 
 
 def _save_reference(reference, folder: Path) -> None:
-    if reference is not None:
+    if isinstance(reference, torch.nn.Module):  # not the LoRA reference: that is the base, in the checkpoint
         save_file(
             {k: v.contiguous() for k, v in reference.state_dict().items() if k not in TIED_KEYS},
             folder / REFERENCE_FILE,
         )
+
+
+def heldout_test(folder: Path) -> dict:
+    """McNemar's paired test of the first held-out eval (the init model) against the last one."""
+    files = sorted(folder.glob("step_*.jsonl")) if folder.exists() else []
+    if len(files) < 2:
+        return {}
+    first, last = (read_jsonl(f) for f in (files[0], files[-1]))
+    test = mcnemar([r["greedy_correct"] for r in first], [r["greedy_correct"] for r in last])
+    return {f"heldout_{k}": v for k, v in test.items()} | {
+        "heldout_test": "mcnemar_exact",
+        "heldout_steps": [
+            int(files[0].stem.split("_")[1]),
+            int(files[-1].stem.split("_")[1]),
+        ],
+    }
 
 
 def _summary(records: list[dict]) -> dict:

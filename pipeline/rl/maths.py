@@ -11,6 +11,10 @@ tokens, so each variant can be pinned with hand-computed numbers (tests/unit/tes
   per rollout batch, where ratio = 1. Frameworks default to 0.2 (PPO), which matters as soon as
   one batch feeds several minibatch updates.
 * KL to a frozen reference with the k3 estimator: π_ref/π - log(π_ref/π) - 1 (unbiased, ≥ 0).
+* Truncated importance sampling (TIS) for the rollout/trainer mismatch: vLLM samples from its own
+  numerics (bf16 kernels, another attention), so the trainer's "old" policy is not exactly the
+  sampler. Each token's policy-gradient term is weighted by min(π_old/π_rollout, C) (token level),
+  or each sequence by min(Π π_old/π_rollout, C) (sequence level); the cap bounds the variance.
 * Loss aggregation: "seq_mean" (R1 Eq. 1: mean over each output's tokens, then over outputs),
   "token_mean" (DAPO: every token weighs the same), "dr_grpo" (sum over tokens divided by a
   constant, the max response length, so no length bias either way).
@@ -103,16 +107,20 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
     aggregation: str = "seq_mean",
     max_len: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> PolicyLoss:
     """GRPO objective (to minimise) on token log-probs [B, T], advantages [B], mask [B, T].
 
-    -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A) + β·KL_k3, aggregated over response tokens.
+    -w·min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A) + β·KL_k3, aggregated over response tokens; `is_weights`
+    w [B, T] are the (detached) TIS weights, 1 when absent.
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(-1).to(logp.dtype)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     pg_token = -torch.minimum(unclipped, clipped)
+    if is_weights is not None:
+        pg_token = pg_token * is_weights.detach().to(logp.dtype)
     m = mask.to(logp.dtype)
     if beta > 0.0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
@@ -128,6 +136,27 @@ def policy_loss(
         clip_frac = was_clipped.sum() / mask.sum().clamp(min=1)
         pg = aggregate(pg_token, mask, aggregation, max_len)
     return PolicyLoss(loss=loss, pg_loss=pg, kl=kl.detach(), clip_frac=clip_frac)
+
+
+TIS_MODES = ("none", "token", "sequence")
+
+
+def tis_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, mode: str, cap: float):
+    """Truncated importance weights [B, T] of the trainer's old policy against the rollout policy.
+
+    token: w_t = min(exp(old_t - rollout_t), cap); sequence: every token of a sequence gets
+    min(exp(Σ_t (old_t - rollout_t)), cap), the sum taken over its unmasked tokens. Returns None for "none".
+    """
+    if mode == "none":
+        return None
+    if mode not in TIS_MODES:
+        raise ValueError(f"unknown TIS mode {mode!r}; choose from {TIS_MODES}")
+    m = mask.to(old_logp.dtype)
+    log_ratio = (old_logp - rollout_logp) * m
+    if mode == "token":
+        return torch.exp(log_ratio).clamp(max=cap) * m
+    seq = torch.exp(log_ratio.sum(-1).clamp(max=60.0)).clamp(max=cap)
+    return seq.unsqueeze(-1) * m
 
 
 def response_mask(lengths: torch.Tensor, truncated: torch.Tensor, max_len: int, mask_truncated: bool) -> torch.Tensor:

@@ -42,6 +42,7 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "reflection_per_response": sum(reflection_count(x.completion.text) for x in samples) / n,
         "zero_var_group_frac": batch.zero_var_groups
         / max(1, batch.groups + batch.dropped_groups + batch.surplus_groups),
+        "samples": len(samples),
         "groups": batch.groups,
         "dropped_groups": batch.dropped_groups,
         "surplus_groups": batch.surplus_groups,
@@ -50,6 +51,12 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "clip_frac": stats.clip_frac,
         "entropy": stats.entropy,
         "rollout_logprob_gap": stats.rollout_logprob_gap,
+        # mean -log π_rollout(sampled token) over every response token: an unbiased estimate of the
+        # sampling policy's per-token entropy, covering all samples (`entropy` covers the trained ones)
+        "entropy_sampled": _sampled_entropy(samples),
+        "tis_weight_mean": stats.tis_weight_mean,
+        "tis_capped_frac": stats.tis_capped_frac,
+        "trained_frac": stats.trained_frac,
     }
     names = sorted({k for x in samples for k, v in x.parts.items() if v is not None})
     for name in names:
@@ -66,3 +73,8 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         for p in pools:
             metrics[f"samples/{p}"] = sum(x.pool == p for x in samples)
     return metrics
+
+
+def _sampled_entropy(samples) -> float:
+    logprobs = [lp for x in samples for lp in x.completion.logprobs]
+    return -sum(logprobs) / len(logprobs) if logprobs else 0.0

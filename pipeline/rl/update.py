@@ -5,6 +5,13 @@ Each minibatch is processed one packed row at a time: forward, loss scaled to th
 minibatch loss (`maths.chunk_weight`), backward, and a single optimizer step at the end, so memory
 holds one row's autograd graph, not the minibatch's (32 samples of ~250 tokens held ~14 GB on CPU at
 once, and longer outputs were OOM-killed).
+
+Samples that contribute exactly zero gradient get no forward or backward pass (`stage.skip_zero_grad`):
+a fully masked sample (truncated, with `mask_truncated`), and at beta = 0 a sample whose advantage is 0
+(a zero-variance group, or a reward equal to its group's mean). The loss denominators still count them
+(`Minibatch.total_seqs`, `scored_tokens`), so the gradient is the same as without the skip
+(tests/unit/test_rl_update.py). A minibatch with nothing to train still takes its optimizer step, on
+zero gradients, as it would without the skip (Adam's moments move the weights even then).
 """
 
 from __future__ import annotations
@@ -96,6 +103,9 @@ class UpdateStats:
     # mean |log pi_rollout - log pi_trainer| over response tokens, before any update of this step:
     # ~1e-5 when vLLM samples from the policy being trained; it grows if weight sync ever breaks
     rollout_logprob_gap: float = 0.0
+    tis_weight_mean: float = 1.0  # mean TIS weight over trained tokens (1 = rollout and trainer agree)
+    tis_capped_frac: float = 0.0  # share of trained tokens whose weight was capped
+    trained_frac: float = 1.0  # share of samples that got a forward/backward (the rest contribute no gradient)
     updates: int = 0
 
 
@@ -110,6 +120,9 @@ class RowResult:
     entropy_tokens: int
     gap_sums: list[float]  # per sample: Σ |log pi_rollout - log pi_trainer| over its sampled tokens
     gap_tokens: int
+    scored_tokens: float = 0.0  # the row's unmasked response tokens
+    tis_sum: float = 0.0  # Σ TIS weight over the row's unmasked tokens
+    tis_capped: int = 0  # tokens whose weight hit the cap
 
 
 @dataclass
@@ -117,13 +130,24 @@ class Minibatch:
     samples: list[Sample]
     old_logprobs: Optional[list[torch.Tensor]]  # pre-update policy; None = this forward (one minibatch)
     ref_logprobs: Optional[list[torch.Tensor]]  # reference policy; None at beta = 0
-    scored_tokens: float  # response tokens that carry loss (truncated ones masked out)
+    scored_tokens: float  # response tokens that carry loss (truncated ones masked out), skipped samples included
+    total_seqs: int  # sequences in the minibatch, skipped ones included (the seq_mean / dr_grpo denominator)
 
 
 def minibatch_orders(n_samples: int, num_minibatches: int, seed: int, step: int) -> list[list[int]]:
     order = list(range(n_samples))
     random.Random(seed * MINIBATCH_ORDER_SALT + step).shuffle(order)
     return [c for c in (order[i::num_minibatches] for i in range(num_minibatches)) if c]
+
+
+def masked(x: Sample, stage: DictConfig) -> bool:
+    """Is every response token of the sample masked out of the loss (truncated, with `mask_truncated`)?"""
+    return bool(stage.mask_truncated and x.completion.truncated)
+
+
+def contributes(x: Sample, stage: DictConfig) -> bool:
+    """False when the sample's gradient is exactly zero: fully masked, or advantage 0 with no KL term."""
+    return not masked(x, stage) and (stage.beta > 0 or x.advantage != 0.0)
 
 
 def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: torch.device, step: int) -> UpdateStats:
@@ -133,34 +157,50 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
     if not samples:
         return stats
     orders = minibatch_orders(len(samples), stage.num_minibatches, stage.seed, step)
+    active = [contributes(x, stage) or not stage.skip_zero_grad for x in samples]
+    trained = [x for x, a in zip(samples, active) if a]
     temperature, row_tokens = stage.rollout.temperature, stage.max_tokens_per_forward
     with torch.no_grad():
         # the policy before any update = the rollout policy (weights were synced), in trainer numerics
-        old = packed_logprobs(engine, samples, temperature, device, row_tokens) if len(orders) > 1 else None
-        ref = packed_logprobs(ref_model, samples, temperature, device, row_tokens) if ref_model is not None else None
-    gap_sum, gap_tokens = 0.0, 0
+        old = (
+            _spread(packed_logprobs(engine, trained, temperature, device, row_tokens), active)
+            if len(orders) > 1
+            else None
+        )
+        ref = (
+            _spread(packed_logprobs(ref_model, trained, temperature, device, row_tokens), active) if ref_model else None
+        )
+    rows_all: list[RowResult] = []
     for order in orders:
         chosen = [samples[i] for i in order]
-        scored = float(
-            sum(len(x.completion.token_ids) for x in chosen if not (stage.mask_truncated and x.completion.truncated))
-        )
         minibatch = Minibatch(
-            chosen,
-            [old[i] for i in order] if old is not None else None,
-            [ref[i] for i in order] if ref is not None else None,
-            scored,
+            [samples[i] for i in order if active[i]],
+            [old[i] for i in order if active[i]] if old is not None else None,
+            [ref[i] for i in order if active[i]] if ref is not None else None,
+            scored_tokens=float(
+                sum(
+                    len(x.completion.token_ids) for x in chosen if not (stage.mask_truncated and x.completion.truncated)
+                )
+            ),
+            total_seqs=len(chosen),
         )
         rows = minibatch_step(engine, minibatch, stage, device)
-        for r in rows:
-            for sample_gap in r.gap_sums:
-                gap_sum += sample_gap
-            gap_tokens += r.gap_tokens
+        rows_all += rows
         stats.loss += sum(r.loss for r in rows)
         stats.kl += sum(r.kl for r in rows)
         stats.clip_frac += sum(r.clip_frac for r in rows)
         stats.entropy += sum(r.entropy_sum for r in rows) / max(1, sum(r.entropy_tokens for r in rows))
         stats.updates += 1
-    stats.rollout_logprob_gap = gap_sum / max(1, gap_tokens)
+    return _finish_stats(stats, rows_all, len(trained) / len(samples))
+
+
+def _spread(values: list[torch.Tensor], active: list[bool]) -> list[Optional[torch.Tensor]]:
+    """Per-sample values computed for the active samples only, placed back at their batch positions."""
+    it = iter(values)
+    return [next(it) if a else None for a in active]
+
+
+def _finish_stats(stats: UpdateStats, rows: list[RowResult], trained_frac: float) -> UpdateStats:
     n = max(1, stats.updates)
     stats.loss, stats.kl, stats.clip_frac, stats.entropy = (
         stats.loss / n,
@@ -168,6 +208,13 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
         stats.clip_frac / n,
         stats.entropy / n,
     )
+    gap_tokens = sum(r.gap_tokens for r in rows)
+    stats.rollout_logprob_gap = sum(sum(r.gap_sums) for r in rows) / max(1, gap_tokens)
+    tis_tokens = sum(r.scored_tokens for r in rows)
+    if tis_tokens:
+        stats.tis_weight_mean = sum(r.tis_sum for r in rows) / tis_tokens
+        stats.tis_capped_frac = sum(r.tis_capped for r in rows) / tis_tokens
+    stats.trained_frac = trained_frac
     return stats
 
 
@@ -178,6 +225,9 @@ def minibatch_step(engine, minibatch: Minibatch, stage: DictConfig, device: torc
     for r, row in enumerate(rows):
         engine.set_gradient_accumulation_boundary(r == len(rows) - 1)
         results.append(row_forward_backward(engine, minibatch, row, stage, device))
+    if not rows:  # nothing carries gradient: step on zeros, exactly as the unskipped minibatch would
+        engine.set_gradient_accumulation_boundary(True)
+        engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
     engine.step()
     return results
 
@@ -207,6 +257,7 @@ def row_forward_backward(
     truncated = torch.tensor([x.completion.truncated for x in samples])
     mask = maths.response_mask(lengths, truncated, logp.size(1), stage.mask_truncated).to(device)
     advantages = torch.tensor([x.advantage for x in samples], device=device)
+    weights = _tis(samples, old_logp, mask, stage)
     out = maths.policy_loss(
         logp,
         old_logp,
@@ -218,10 +269,11 @@ def row_forward_backward(
         ref_logp=ref_logp,
         aggregation=stage.aggregation,
         max_len=stage.rollout.max_new_tokens,
+        is_weights=weights,
     )
     row_tokens = float(mask.sum())
     loss_weight = maths.chunk_weight(
-        stage.aggregation, len(samples), len(minibatch.samples), row_tokens, minibatch.scored_tokens
+        stage.aggregation, len(samples), minibatch.total_seqs, row_tokens, minibatch.scored_tokens
     )
     engine.backward(out.loss * loss_weight)
     token_share = row_tokens / minibatch.scored_tokens if minibatch.scored_tokens > 0 else 0.0
@@ -233,4 +285,16 @@ def row_forward_backward(
         entropy_tokens=sum(e.numel() for e in entropies),
         gap_sums=gap_sums,
         gap_tokens=gap_tokens,
+        scored_tokens=row_tokens,
+        tis_sum=float(weights.sum()) if weights is not None else float(mask.sum()),
+        tis_capped=int(((weights >= stage.tis.cap) & mask.bool()).sum()) if weights is not None else 0,
     )
+
+
+def _tis(samples: list[Sample], old_logp: torch.Tensor, mask: torch.Tensor, stage: DictConfig):
+    """TIS weights of the row's tokens (None when off, or when vLLM returned no log-probs)."""
+    if stage.tis.mode == "none" or not all(x.completion.logprobs for x in samples if x.completion.token_ids):
+        return None
+    rollout = pad([torch.tensor(x.completion.logprobs, dtype=old_logp.dtype) for x in samples]).to(old_logp.device)
+    rollout = torch.nn.functional.pad(rollout, (0, old_logp.size(1) - rollout.size(1)))
+    return maths.tis_weights(old_logp.detach(), rollout, mask, stage.tis.mode, stage.tis.cap)

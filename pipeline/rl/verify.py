@@ -6,6 +6,11 @@ returns False). So every check runs in the main thread of a forked worker, where
 work, and the parent adds a hard wall-clock limit: a worker stuck in sympy is killed and the pool
 rebuilt, and that answer scores 0. Inputs are truncated first so a 100k-character completion cannot
 stall a worker.
+
+The workers come from a fork *server*, a fresh small interpreter, not from forking the caller: a
+forked worker snapshots the whole trainer (model, optimizer, vLLM, ~10 GB in stage-2), and since
+the trainer then rewrites its pages, each fork ends up holding its own copy. That is how a stage-2
+run with a bf16 trainer was OOM-killed on a 24 GB machine (trainer 10.8 GB + workers 5.4 and 10 GB).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ MAX_ANSWER_CHARS = 1000  # an extracted final answer longer than this is not a p
 # A worker is replaced after this many checks, so memory that parsers leak cannot grow without bound.
 TASKS_PER_WORKER = 500
 _TIMEOUT_S = 5  # math-verify's own (integer-second) alarm inside the worker
+PRELOAD = ["pipeline.rl.verify", "math_verify", "reasoning_gym"]
 
 
 def _math_equal(gold: str, pred: str) -> bool:
@@ -110,7 +116,9 @@ class Verifier:
 
     def _get_pool(self) -> Pool:
         if self._pool is None:
-            self._pool = mp.get_context("fork").Pool(self.workers, maxtasksperchild=TASKS_PER_WORKER)
+            context = mp.get_context("forkserver")
+            context.set_forkserver_preload(PRELOAD)  # workers start with the checkers imported
+            self._pool = context.Pool(self.workers, maxtasksperchild=TASKS_PER_WORKER)
         return self._pool
 
     def check(self, jobs: list[tuple]) -> list[bool]:

@@ -36,8 +36,12 @@ class WeightSync:
 
 
 def policy_weights(engine, zero_stage: int):
-    """HF-named parameters of the policy (tied weights once), gathered under ZeRO-3."""
+    """HF-named parameters of the policy (tied weights once), gathered under ZeRO-3; LoRA adapters merged."""
+    from pipeline.train import lora
+
     module = engine.module
+    if lora.is_lora(module):
+        return lora.gathered_merged_weights(module, zero_stage)
     if zero_stage == 3:
         import deepspeed
 

@@ -39,8 +39,16 @@ _CHOICES = {
 }
 _STAGE_CHOICES = {
     "rm": {"stage.objective": {"pairwise", "pointwise"}},
-    "grpo": {"stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"}, "stage.rollout.engine": {"vllm"}},
-    "align": {"stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"}, "stage.rollout.engine": {"vllm"}},
+    "grpo": {
+        "stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"},
+        "stage.rollout.engine": {"vllm"},
+        "stage.tis.mode": {"none", "token", "sequence"},
+    },
+    "align": {
+        "stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"},
+        "stage.rollout.engine": {"vllm"},
+        "stage.tis.mode": {"none", "token", "sequence"},
+    },
     "rs_sft": {"stage.general.source": {"file", "hub", "none"}, "stage.rollout.engine": {"vllm"}},
 }
 

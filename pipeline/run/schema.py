@@ -15,12 +15,25 @@ from pipeline.rl.sandbox import Limits
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA adapters (peft) on every training stage; exports and vLLM get merged weights (pipeline.train.lora)."""
+
+    rank: int = 0  # 0 = full fine-tuning; e.g. 16 trains rank-16 adapters on `target_modules`
+    alpha: float = 32.0  # adapter scale alpha / rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2-135m-instruct"  # label only, used in logs and manifests
     path: str = ""  # HF folder of the *base* model (stage-1 starts here)
     dtype: str = "auto"  # auto | fp32 | bf16; auto = bf16 on CUDA, fp32 on CPU (CPU bf16 is ~15x slower)
     attn_implementation: str = "sdpa"  # sdpa supports padding-free packing via position_ids
     gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # e.g. model.lora.rank=16 stage.optim.lr=1e-4
 
 
 @dataclass
@@ -112,6 +125,16 @@ class CodeConfig:
 
 
 @dataclass
+class TISConfig:
+    """Truncated importance sampling: corrects for vLLM sampling from slightly different numerics than
+    the trainer's (bf16 kernels, GPU attention). Weights min(π_old/π_rollout, cap), logged as
+    tis_weight_mean / tis_capped_frac. On CPU fp32 the gap is ~1e-7 and the weights are 1."""
+
+    mode: str = "token"  # none | token (per-token ratio) | sequence (product over the sequence's tokens)
+    cap: float = 2.0  # C in min(ratio, C); 2 as in the flash-rl / verl recipes
+
+
+@dataclass
 class GRPOStageConfig:
     kind: str = "grpo"
     module: str = "stages.stage2_grpo"
@@ -127,7 +150,9 @@ class GRPOStageConfig:
     # unclipped ratio lets a few tokens dominate. eps_high > eps_low gives DAPO's clip-higher.
     eps_low: float = 0.2
     eps_high: float = 0.2
-    beta: float = 0.001  # k3 KL coefficient towards the reference (R1: 0.001)
+    beta: float = 0.001  # k3 KL coefficient towards the reference (R1: 0.001); 0 = no reference model at all
+    # at beta = 0: every N steps, load the init model for one step and log `kl` to it (0 = never)
+    kl_every: int = 0
     ref_update_every: int = 400  # refresh the reference to the current policy every N steps (R1: 400)
     aggregation: str = "seq_mean"  # seq_mean (R1 Eq. 1) | token_mean (DAPO) | dr_grpo
     scale_by_std: bool = True  # False = Dr. GRPO advantages (no std division)
@@ -145,6 +170,10 @@ class GRPOStageConfig:
     # 2.5-4.5x slower per step on CPU (40-72 s against 16 s, issue 16). 1.0 = refill exactly what is missing.
     dynamic_oversample: float = 2.0
     mask_truncated: bool = True  # outputs cut by max_new_tokens get no gradient
+    # samples that contribute exactly zero gradient (fully masked; advantage 0 at beta = 0) get no
+    # forward/backward; the loss denominators still count them, so the update is unchanged
+    skip_zero_grad: bool = True
+    tis: TISConfig = field(default_factory=TISConfig)
     # accuracy scores maths prompts, code scores code prompts (each is None, so adds nothing, on the
     # other kind); format and language apply to every prompt
     rewards: dict[str, float] = field(

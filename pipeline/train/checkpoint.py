@@ -91,15 +91,22 @@ def load(engine, path: Path, rank: int, state_type: type[T]) -> T:
 
 
 def export_hf(engine, tokenizer, out: Path, rank: int, zero_stage: int, barrier: Callable[[], None]) -> None:
-    """Write the trained weights as a plain HF folder (safetensors + tokenizer), atomically."""
-    if zero_stage == 3:
+    """Write the trained weights as a plain HF folder (safetensors + tokenizer), atomically; LoRA
+    adapters are merged into the base weights."""
+    from pipeline.train import lora
+
+    module = engine.module
+    if lora.is_lora(module):
+        state_dict = dict(lora.gathered_merged_weights(module, zero_stage))
+        module = module.get_base_model()
+    elif zero_stage == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective gather to rank 0
     else:
         state_dict = engine.module.state_dict() if rank == 0 else None
     if rank == 0:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        engine.module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -19,23 +19,13 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, lora
 from pipeline.train.dist import Dist
 from pipeline.train.maths import warmup_cosine
+from pipeline.train.precision import resolve_dtype
 
 ADAM_EPS = 1e-8
 NEVER = 10**9  # DeepSpeed's own step printing: off
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto = bf16 on CUDA (where supported), fp32 on CPU (CPU bf16 matmuls run ~15x slower here)."""
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp32":
-        return torch.float32
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def deepspeed_config(cfg: DictConfig, world: int, bf16: bool, grad_accum: int) -> dict:
@@ -66,8 +56,9 @@ def deepspeed_config(cfg: DictConfig, world: int, bf16: bool, grad_accum: int) -
     }
 
 
-def load_model(path: str, cfg: DictConfig):
-    """A causal LM and its tokenizer from an HF folder, in fp32, ready for training."""
+def load_model(path: str, cfg: DictConfig, adapters: bool = True):
+    """A causal LM and its tokenizer from an HF folder, in fp32, ready for training (with LoRA adapters
+    when `model.lora.rank > 0` and `adapters`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -77,7 +68,7 @@ def load_model(path: str, cfg: DictConfig):
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
-    return model, tokenizer
+    return (lora.apply(model, cfg) if adapters else model), tokenizer
 
 
 def _scheduler(optimizer, optim: DictConfig, total_steps: int):
@@ -100,6 +91,20 @@ class Trainer:
     dtype: torch.dtype
 
 
+def _training_dtype(cfg: DictConfig, dist: Dist, model) -> torch.dtype:
+    """`model.dtype`, with `auto`'s CPU calibration run by rank 0 alone (the others read its cached result,
+    so every rank computes in the same dtype and the calibration is not slowed by its peers)."""
+    if cfg.model.dtype != "auto" or dist.device.type == "cuda":
+        return resolve_dtype(cfg.model.dtype, dist.device)
+    cache = Path(cfg.cache_dir)
+    if dist.is_main:
+        dtype = resolve_dtype("auto", dist.device, model, cache)
+    dist.barrier()
+    if not dist.is_main:
+        dtype = resolve_dtype("auto", dist.device, model, cache)
+    return dtype
+
+
 def build_engine(
     cfg: DictConfig, dist: Dist, model, *, total_steps: int, ckpt_dir: Path, state_type: type, grad_accum: int = 1
 ) -> Trainer:
@@ -107,7 +112,7 @@ def build_engine(
     `ckpt_dir` if there is one (weights, optimizer, scheduler, `state_type` state and RNG)."""
     import deepspeed
 
-    dtype = resolve_dtype(cfg.model.dtype, dist.device)
+    dtype = _training_dtype(cfg, dist, model)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],

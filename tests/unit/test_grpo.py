@@ -166,3 +166,25 @@ def test_a_small_continuous_difference_is_not_blown_up_to_a_full_size_advantage(
 
     assert compose(["stage=stage2"]).stage.adv_std_floor == 0.1
     assert compose(["stage=stage4"]).stage.adv_std_floor == 0.1
+
+
+def test_tis_weights_token_and_sequence_level_by_hand():
+    from pipeline.rl.maths import tis_weights
+
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    rollout = torch.tensor([[-1.5, -1.0, -9.0]])  # ratios e^0.5, e^-1, (masked)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    token = tis_weights(old, rollout, mask, "token", cap=1.5)
+    assert token.tolist()[0] == pytest.approx([1.5, math.exp(-1.0), 0.0])  # e^0.5 = 1.65 capped at 1.5
+    seq = tis_weights(old, rollout, mask, "sequence", cap=1.5)
+    assert seq.tolist()[0] == pytest.approx([math.exp(-0.5)] * 2 + [0.0])  # e^(0.5 - 1), masked token ignored
+    assert tis_weights(old, rollout, mask, "none", cap=1.5) is None
+    with pytest.raises(ValueError, match="unknown TIS mode"):
+        tis_weights(old, rollout, mask, "tokens", cap=1.5)
+
+
+def test_is_weights_scale_the_policy_gradient_term_only():
+    w = torch.full_like(LOGP, 0.5)
+    base = policy_loss(LOGP, LOGP_OLD, ADV, MASK, 0.2, 0.2, aggregation="token_mean")
+    half = policy_loss(LOGP, LOGP_OLD, ADV, MASK, 0.2, 0.2, aggregation="token_mean", is_weights=w)
+    assert half.loss.item() == pytest.approx(0.5 * base.loss.item())

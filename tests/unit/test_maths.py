@@ -47,3 +47,18 @@ def test_bradley_terry_and_pointwise_hand_values():
     # label 1 with score 0 -> log 2; label 0 with score 3 -> log(1 + e^3)
     got = pointwise_loss(torch.tensor([0.0, 3.0]), torch.tensor([1, 0]))
     assert got.item() == pytest.approx((math.log(2) + math.log1p(math.exp(3))) / 2, rel=1e-6)
+
+
+def test_mcnemar_exact_p_by_hand():
+    from pipeline.eval.maths import mcnemar
+
+    before = [False] * 10 + [True] * 2 + [True] * 20
+    after = [True] * 10 + [False] * 2 + [True] * 20
+    out = mcnemar(before, after)
+    assert (out["gained"], out["lost"], out["n"]) == (10, 2, 32)
+    # two-sided binomial(12, 0.5): 2 * P(X <= 2) = 2 * (1 + 12 + 66) / 4096
+    assert out["p"] == pytest.approx(2 * 79 / 4096)
+    assert out["after"] - out["before"] == pytest.approx(8 / 32)
+    assert mcnemar([True, False], [True, False])["p"] == 1.0  # no discordant pair: no evidence
+    with pytest.raises(ValueError, match="differ in length"):
+        mcnemar([True], [True, False])

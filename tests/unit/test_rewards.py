@@ -1,6 +1,7 @@
 """Rewards on good, malformed and adversarial completions."""
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,28 @@ def test_score_weights_and_components(ctx):
     assert total == [1.5, 1.0]
     with pytest.raises(ValueError, match="unknown reward"):
         score([GOOD], [math_rec("4")], {"acurracy": 1.0}, ctx)
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:")), 0.0)
+
+
+def test_verifier_workers_do_not_copy_a_large_caller():
+    """The workers come from a fork server, so they do not snapshot the caller's memory (a forked
+    worker of a 10 GB trainer held up to 10 GB itself, and OOM-killed a stage-2 run)."""
+    import os
+
+    import torch
+
+    ballast = torch.ones(512 * 1024 * 1024 // 4)  # 512 MB the caller has touched
+    v = Verifier(workers=1)
+    try:
+        assert v.check([("math", ("1/2", "0.5"))]) == [True]
+        workers = [p.pid for p in v._pool._pool]
+        assert workers and all(pid != os.getpid() for pid in workers)
+        assert all(_rss_mb(pid) < 400 for pid in workers), [_rss_mb(pid) for pid in workers]
+        assert _rss_mb(os.getpid()) > 512
+    finally:
+        v.close()
+        del ballast
