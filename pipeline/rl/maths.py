@@ -45,7 +45,10 @@ def group_advantages(
     if scale_by_std:
         std = r.std(dim=1, keepdim=True, unbiased=True).nan_to_num(0.0)
         adv = adv / (std.clamp(min=std_floor) + eps)
-    return adv.view(-1)
+    # a flat group's advantages are exactly 0 (its float mean can miss the shared value by an ulp, which
+    # left ~1e-7 advantages: no learning signal, yet a full forward/backward for every sample)
+    flat = (r == r[:, :1]).all(dim=1, keepdim=True)
+    return adv.masked_fill(flat, 0.0).view(-1)
 
 
 def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -188,3 +188,15 @@ def test_is_weights_scale_the_policy_gradient_term_only():
     base = policy_loss(LOGP, LOGP_OLD, ADV, MASK, 0.2, 0.2, aggregation="token_mean")
     half = policy_loss(LOGP, LOGP_OLD, ADV, MASK, 0.2, 0.2, aggregation="token_mean", is_weights=w)
     assert half.loss.item() == pytest.approx(0.5 * base.loss.item())
+
+
+def test_a_flat_group_gets_exactly_zero_advantages():
+    """A total of 1.2844... eight times (accuracy + format + a language share): the float32 mean misses
+    it by an ulp, which used to leave ~1e-6 advantages, so the zero-gradient skip never fired on them."""
+    x = 1.2844421851525047
+    flat = torch.tensor([x] * 8).view(1, 8)
+    assert (flat - flat.mean(dim=1, keepdim=True)).abs().max() > 0  # the float trap this guards against
+    rewards = torch.tensor([x] * 8 + [1.0, 0.0] * 4)
+    adv = group_advantages(rewards, 8, std_floor=0.1)
+    assert (adv[:8] == 0.0).all()
+    assert adv[8:].abs().min() > 0.5
