@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline.data import sources as data_lib
 from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
+from pipeline.run.errors import run_stage
 from pipeline.run.registry import make_target
 from pipeline.train import dist as dist_lib
 from pipeline.train.sft import train_sft
@@ -98,4 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -35,6 +35,7 @@ from pipeline.rl.verify import Verifier
 from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
 from pipeline.run import registry
+from pipeline.run.errors import run_stage
 
 # A generated benchmark has no natural size: `limit: null` generates this many prompts.
 GENERATED_IF_UNLIMITED = 128
@@ -196,4 +197,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -18,6 +18,7 @@ import time
 from pipeline.data import sources as data_lib
 from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
+from pipeline.run.errors import run_stage
 from pipeline.run.paths import absolute
 from pipeline.train import dist as dist_lib
 from pipeline.train.sft import train_sft
@@ -80,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

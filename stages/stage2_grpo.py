@@ -24,6 +24,7 @@ from pipeline.rl.sandbox import sandbox_from
 from pipeline.rl.verify import Verifier
 from pipeline.run import config as config_lib
 from pipeline.run import folders
+from pipeline.run.errors import run_stage
 from pipeline.train import dist as dist_lib
 
 
@@ -55,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

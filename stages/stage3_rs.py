@@ -48,6 +48,7 @@ from pipeline.rl.sandbox import sandbox_from
 from pipeline.rl.verify import Verifier, is_free_text
 from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
+from pipeline.run.errors import run_stage
 from pipeline.run.faults import maybe_fault
 from pipeline.run.paths import absolute
 from pipeline.train import dist as dist_lib
@@ -372,4 +373,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

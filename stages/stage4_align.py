@@ -35,6 +35,7 @@ from pipeline.rl.verify import Verifier
 from pipeline.rl.watch import general_prompts_at, hacking_watch
 from pipeline.run import config as config_lib
 from pipeline.run import folders
+from pipeline.run.errors import run_stage
 from pipeline.run.paths import absolute
 from pipeline.train import dist as dist_lib
 
@@ -125,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

@@ -26,6 +26,7 @@ from pipeline.data.preferences import load_preferences, split
 from pipeline.rl.reward_model import encode, load_rm, score_ids
 from pipeline.run import config as config_lib
 from pipeline.run import folders
+from pipeline.run.errors import run_stage
 from pipeline.run.faults import maybe_fault
 from pipeline.train import checkpoint, lora
 from pipeline.train import dist as dist_lib
@@ -181,4 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_stage(main))

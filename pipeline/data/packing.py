@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.data.sources import DataError
 from pipeline.train.maths import IGNORE
 
 
@@ -31,7 +32,10 @@ class Example:
 
 
 def _template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    try:
+        out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    except ValueError as e:  # no chat template at all
+        raise DataError(f"{tokenizer.name_or_path}: the tokenizer cannot apply a chat template ({e})") from None
     ids = out["input_ids"] if hasattr(out, "keys") else out
     return list(ids)
 
@@ -48,9 +52,16 @@ def tokenize_chat(tokenizer, messages: list[dict]) -> Example:
         if m["role"] != "assistant":
             continue
         start = len(_template(tokenizer, messages[:i], add_generation_prompt=True))
+        if start == len(_template(tokenizer, messages[:i], add_generation_prompt=False)):
+            raise DataError(
+                f"{tokenizer.name_or_path}: the chat template has no assistant marker (its generation prompt "
+                "adds nothing), so the model could not tell where its answer starts; use a chat model's template"
+            )
         upto = _template(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if ids[: len(upto)] != upto or start > len(upto):
-            raise ValueError("chat template is not prefix-stable; cannot locate assistant tokens")
+            raise DataError(
+                f"{tokenizer.name_or_path}: the chat template is not prefix-stable; cannot locate assistant tokens"
+            )
         labels[start : len(upto)] = ids[start : len(upto)]
     return Example(input_ids=ids, targets=labels[1:] + [IGNORE])
 

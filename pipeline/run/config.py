@@ -113,6 +113,7 @@ def validate(raw: DictConfig) -> DictConfig:
     _check_choices(cfg, {**_CHOICES, **_STAGE_CHOICES.get(kind, {})})
     if kind in ("grpo", "align"):
         _check_rewards(cfg.stage)
+        _check_rl_sampling(cfg.stage)
     if kind == "eval":
         _check_benchmarks(cfg.stage)
     if not cfg.cache_dir:
@@ -147,6 +148,26 @@ def _check_rewards(stage: DictConfig) -> None:
     missing = sorted(set(stage.get("rm_rewards", {})) - set(stage.get("reward_models", {})))
     if missing:
         raise ConfigError(f"config key 'stage.reward_models': no reward model for {missing}")
+
+
+def _check_rl_sampling(stage: DictConfig) -> None:
+    """Settings under which GRPO cannot learn or its maths would be wrong."""
+    if stage.group_size < 2:
+        raise ConfigError(
+            f"config key 'stage.group_size': GRPO needs at least 2 samples per prompt (advantages are "
+            f"relative to the group's mean), got {stage.group_size}"
+        )
+    if stage.rollout.temperature <= 0:
+        raise ConfigError(
+            "config key 'stage.rollout.temperature': RL needs sampled rollouts (T > 0); at T = 0 every "
+            "sample of a group is the same and no advantage is ever non-zero"
+        )
+    if stage.rollout.top_p != 1.0:
+        raise ConfigError(
+            f"config key 'stage.rollout.top_p': {stage.rollout.top_p}; the trainer's log-probs and importance "
+            "ratio are those of the untruncated distribution, and it has no matching top-p truncation, so "
+            "rollouts must use top_p = 1.0"
+        )
 
 
 def _check_benchmarks(stage: DictConfig) -> None:

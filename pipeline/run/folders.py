@@ -79,6 +79,7 @@ def resolve_source(cfg: DictConfig, src: str, key: str, who: str) -> dict:
         if not (path / "config.json").exists():
             hint = "run `make setup` first" if cfg.model.name.startswith("smollm2") else "check model.path"
             raise InputError(f"base model not found at {path} (config key 'model.path'); {hint}")
+        _check_tokenizer(path, "model.path")
         return {"kind": "base", "path": str(path), "model": cfg.model.name}
     if "/" not in src and not src.startswith("."):
         parent = stage_dir(cfg).parent / src
@@ -103,7 +104,19 @@ def resolve_source(cfg: DictConfig, src: str, key: str, who: str) -> dict:
     path = absolute(src)
     if not (path / "config.json").exists():
         raise InputError(f"config key '{key}': {path} is not an HF model folder (no config.json)")
+    _check_tokenizer(path, key)
     return {"kind": "path", "path": str(path)}
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def _check_tokenizer(path: Path, key: str) -> None:
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise InputError(
+            f"config key '{key}': {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer next to the weights"
+        )
 
 
 def run_dir_from_args(argv: list[str], who: str) -> Path:

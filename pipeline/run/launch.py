@@ -29,6 +29,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.run import config as config_lib
+from pipeline.run import errors
 from pipeline.run import folders as run_lib
 from pipeline.run.paths import REPO_ROOT
 from pipeline.train.dist import die_with_parent
@@ -122,8 +123,9 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def check_inputs(cfg) -> None:
-    """Every model the stage reads must exist (and a parent stage be complete) before anything starts."""
+def check_inputs(cfg, nproc: int = 1) -> None:
+    """Every model the stage reads must exist (and a parent stage be complete), a data file must parse,
+    and the work must split over the processes, before anything starts."""
     for key in ("init_from", "sft_init_from"):  # stage-3 samples with one model and fine-tunes another
         if key in cfg.stage:
             run_lib.resolve_init(cfg, key)
@@ -133,6 +135,15 @@ def check_inputs(cfg) -> None:
     for reward, model in cfg.stage.get("reward_models", {}).items():  # stage-4's reward models
         if reward in cfg.stage.rm_rewards:
             run_lib.resolve_source(cfg, model, f"stage.reward_models.{reward}", cfg.stage.name)
+    if cfg.stage.kind in ("sft", "distill") and cfg.data.source == "file":
+        from pipeline.data.sources import load_rows
+
+        load_rows(cfg.data)  # a malformed row fails here, naming file and line, not inside the job
+    if cfg.stage.kind in ("grpo", "align") and cfg.stage.prompts_per_step % nproc:
+        raise config_lib.ConfigError(
+            f"config key 'stage.prompts_per_step': {cfg.stage.prompts_per_step} prompts per step do not "
+            f"split over {nproc} processes; use a multiple of {nproc}"
+        )
 
 
 def skip_or_set_aside(cfg, folder: Path, name: str) -> bool:
@@ -194,18 +205,24 @@ def launch(overrides: list[str]) -> int:
     if skip_or_set_aside(cfg, folder, name):
         return 0
     try:
-        check_inputs(cfg)
         acc, nproc = _accelerator(cfg)
-    except (run_lib.InputError, config_lib.ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        check_inputs(cfg, nproc)
+    except errors.USER_ERRORS as e:
+        print(f"error: {errors.one_line(e)}", file=sys.stderr)
+        return errors.USER_ERROR_EXIT
     cmd, env = command(cfg, write_config(cfg, folder, name), acc, nproc)
+    env[errors.STAGE_DIR_ENV] = str(folder)
+    errors.take_error(folder)  # a previous attempt's, already reported
     print(f"launching {name} on {nproc} x {acc} with {cfg.launcher.kind}: {' '.join(cmd[2:])}", flush=True)
     rc = run_job(cmd, env)
     if rc != 0:
+        user_error = errors.take_error(folder)
         manifest = run_lib.read_manifest(folder)
         if manifest and manifest.get("status") == "running":
-            run_lib.update_manifest(folder, status="failed", exit_code=rc)
+            run_lib.update_manifest(folder, status="failed", exit_code=rc, error=user_error)
+        if user_error:  # bad input: resuming cannot help, so no resume hint; the error is the last line
+            print(f"error: {name}: {user_error}", file=sys.stderr)
+            return errors.USER_ERROR_EXIT
         print(
             f"{name} failed (exit code {rc}); run the same command again to resume from its last checkpoint",
             file=sys.stderr,

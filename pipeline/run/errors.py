@@ -1,0 +1,53 @@
+"""User errors end a stage with one line, and the launcher repeats it as the last thing the user sees.
+
+A bad data row, a missing model or an impossible setting is the user's to fix, so it must not arrive
+as a traceback buried under torchrun's report, followed by "run the same command again to resume"
+(which cannot help with bad data). A stage module runs under `run_stage`: a user error is printed
+as `error: <file:line / key: what is wrong>`, written to `<stage folder>/error.txt` for the launcher,
+and the stage exits with code 2. Anything else is a crash, with its traceback and the resume hint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from pipeline.data.sources import DataError
+from pipeline.run.config import ConfigError
+from pipeline.run.folders import InputError
+
+USER_ERRORS = (ConfigError, InputError, DataError)
+ERROR_FILE = "error.txt"
+STAGE_DIR_ENV = "R1_STAGE_DIR"  # set by the launcher: where a stage leaves its user error
+USER_ERROR_EXIT = 2
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def run_stage(main: Callable[[Optional[list[str]]], int], argv: Optional[list[str]] = None) -> int:
+    """Run a stage's `main`; a user error becomes one line on stderr and in error.txt (rank 0)."""
+    try:
+        return main(argv)
+    except USER_ERRORS as e:
+        message = one_line(e)
+        folder = os.environ.get(STAGE_DIR_ENV)
+        if folder and os.environ.get("RANK", "0") == "0":
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / ERROR_FILE).write_text(message + "\n")
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
+
+
+def take_error(folder: Path) -> Optional[str]:
+    """The user error a stage left in `folder` (removed once read), or None."""
+    path = folder / ERROR_FILE
+    if not path.exists():
+        return None
+    message = path.read_text().strip()
+    path.unlink()
+    return message or None
