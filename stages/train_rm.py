@@ -25,10 +25,10 @@ import torch
 from pipeline.data.preferences import load_preferences, split
 from pipeline.rl.reward_model import encode, load_rm, score_ids
 from pipeline.run import config as config_lib
-from pipeline.run import folders
+from pipeline.run import faults, folders
 from pipeline.run.errors import run_stage
 from pipeline.run.faults import maybe_fault
-from pipeline.train import checkpoint, lora
+from pipeline.train import checkpoint, guards, lora
 from pipeline.train import dist as dist_lib
 from pipeline.train.engine import build_engine
 from pipeline.train.maths import bradley_terry_loss, pointwise_loss
@@ -98,13 +98,18 @@ def rm_step(engine, train: list[tuple], plan: list[list[int]], step: int, stage,
     start = time.perf_counter()
     indices = plan[step][dist.rank :: dist.world]
     loss, hits = batch_loss(engine.module, [train[i] for i in indices], stage.objective, dist.device)
-    engine.backward(loss)
-    engine.step()
+    if faults.active("nan_loss", step + 1):
+        loss = loss * float("nan")
+    loss_finite = guards.finite(loss)
+    if loss_finite:
+        engine.backward(loss)
+    skipped = guards.guarded_step(engine, loss_finite, stage.optim.on_nonfinite, f"step {step + 1}")
     loss_sum, hit_sum = dist.all_sum(loss.item() * len(indices), hits.sum().item())
     return {
         "loss": loss_sum / stage.batch_size,
         "train_accuracy": hit_sum / stage.batch_size,
         "step_seconds": time.perf_counter() - start,
+        "nonfinite_skipped": int(skipped),
     }
 
 

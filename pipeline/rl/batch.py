@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from pipeline.rl import maths
 from pipeline.rl.rewards import RewardContext, score
 from pipeline.rl.rollout import Completion, Sampling, request_seed
+from pipeline.run import faults
+from pipeline.train.guards import NonFiniteError
 
 
 def prompt_index(cursor: int, n: int, seed: int) -> int:
@@ -48,6 +50,7 @@ class Batch:
     gen_seconds: float
     score_seconds: float
     surplus_groups: int = 0  # informative groups beyond the batch size (dynamic sampling's over-sampling)
+    nonfinite_rewards: int = 0  # NaN/inf rewards met; their groups got no advantage (pipeline.train.guards)
 
 
 @dataclass
@@ -73,6 +76,7 @@ def merge(batches: list[Batch]) -> Batch:
         sum(b.gen_seconds for b in batches),
         sum(b.score_seconds for b in batches),
         sum(b.surplus_groups for b in batches),
+        sum(b.nonfinite_rewards for b in batches),
     )
 
 
@@ -124,7 +128,7 @@ def collect(
     per_rank = pool.per_step(step) // world
     rounds = stage.max_refill_rounds + 1 if stage.dynamic_sampling else 1
     kept: list[list[Sample]] = []
-    counts = {"zero_var": 0, "dropped": 0, "surplus": 0, "drawn": 0}
+    counts = {"zero_var": 0, "dropped": 0, "surplus": 0, "drawn": 0, "nonfinite": 0}
     gen_seconds = score_seconds = 0.0
     for refill_round in range(rounds):
         need = per_rank - len(kept)
@@ -134,7 +138,10 @@ def collect(
         groups, cursor, seconds = _draw_groups(rollout, pool, cursor, draw, step, cfg, ctx, rank, world, stop_ids)
         gen_seconds, score_seconds = gen_seconds + seconds[0], score_seconds + seconds[1]
         counts["drawn"] += draw * world
+        if groups and faults.active("nan_reward", step + 1):
+            groups[0][0].reward = float("nan")
         for group in groups:
+            counts["nonfinite"] += _neutralise_nonfinite(group, stage.optim.on_nonfinite, step)
             rewards = torch.tensor([x.reward for x in group])
             flat = bool(maths.zero_variance_groups(rewards, stage.group_size)[0])
             counts["zero_var"] += flat and refill_round == 0
@@ -159,8 +166,28 @@ def collect(
         gen_seconds,
         score_seconds,
         counts["surplus"],
+        counts["nonfinite"],
     )
     return batch, cursor
+
+
+def _neutralise_nonfinite(group: list[Sample], policy: str, step: int) -> int:
+    """A NaN/inf reward (a reward model gone wrong, a broken verifier) must not become an advantage:
+    with `stop` the run ends saying so; with `skip` the group's rewards are all set to 0, so it is flat
+    and carries no gradient. Returns how many non-finite rewards the group had."""
+    bad = [x for x in group if not math.isfinite(x.reward)]
+    if not bad:
+        return 0
+    if policy == "stop":
+        parts = {k: v for k, v in bad[0].parts.items() if v is not None and not math.isfinite(v)}
+        raise NonFiniteError(
+            f"step {step + 1}: non-finite reward {parts or bad[0].reward} for a {bad[0].pool} prompt; stopped as "
+            "stage.optim.on_nonfinite=stop asks (skip gives such groups no advantage)"
+        )
+    for x in group:
+        x.reward = 0.0
+        x.parts = {k: v if v is None or math.isfinite(v) else None for k, v in x.parts.items()}
+    return len(bad)
 
 
 def _draw_groups(

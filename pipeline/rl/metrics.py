@@ -57,6 +57,8 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "tis_weight_mean": stats.tis_weight_mean,
         "tis_capped_frac": stats.tis_capped_frac,
         "trained_frac": stats.trained_frac,
+        "nonfinite_skipped": stats.nonfinite_skipped,
+        "nonfinite_rewards": batch.nonfinite_rewards,
     }
     names = sorted({k for x in samples for k, v in x.parts.items() if v is not None})
     for name in names:

@@ -25,6 +25,8 @@ from omegaconf import DictConfig
 
 from pipeline.rl import maths
 from pipeline.rl.batch import Sample
+from pipeline.run import faults
+from pipeline.train import guards
 
 # The minibatch order of step t is a shuffle seeded with seed * SALT + t; a prime multiplier keeps
 # the (seed, step) pairs of different runs from mapping to the same shuffle.
@@ -106,6 +108,7 @@ class UpdateStats:
     tis_weight_mean: float = 1.0  # mean TIS weight over trained tokens (1 = rollout and trainer agree)
     tis_capped_frac: float = 0.0  # share of trained tokens whose weight was capped
     trained_frac: float = 1.0  # share of samples that got a forward/backward (the rest contribute no gradient)
+    nonfinite_skipped: int = 0  # optimizer updates skipped for a NaN/inf loss or gradient (pipeline.train.guards)
     updates: int = 0
 
 
@@ -123,6 +126,7 @@ class RowResult:
     scored_tokens: float = 0.0  # the row's unmasked response tokens
     tis_sum: float = 0.0  # Σ TIS weight over the row's unmasked tokens
     tis_capped: int = 0  # tokens whose weight hit the cap
+    finite: bool = True  # False: the row's loss was NaN/inf and it was not back-propagated
 
 
 @dataclass
@@ -132,6 +136,7 @@ class Minibatch:
     ref_logprobs: Optional[list[torch.Tensor]]  # reference policy; None at beta = 0
     scored_tokens: float  # response tokens that carry loss (truncated ones masked out), skipped samples included
     total_seqs: int  # sequences in the minibatch, skipped ones included (the seq_mean / dr_grpo denominator)
+    step: int = 0  # the RL step it belongs to (1-based, as logged)
 
 
 def minibatch_orders(n_samples: int, num_minibatches: int, seed: int, step: int) -> list[list[int]]:
@@ -157,6 +162,8 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
     if not samples:
         return stats
     orders = minibatch_orders(len(samples), stage.num_minibatches, stage.seed, step)
+    if faults.active("nan_loss", step + 1):  # a NaN advantage makes the update's loss NaN
+        next((x for x in samples if contributes(x, stage)), samples[0]).advantage = float("nan")
     active = [contributes(x, stage) or not stage.skip_zero_grad for x in samples]
     trained = [x for x, a in zip(samples, active) if a]
     temperature, row_tokens = stage.rollout.temperature, stage.max_tokens_per_forward
@@ -183,8 +190,10 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
                 )
             ),
             total_seqs=len(chosen),
+            step=step + 1,
         )
-        rows = minibatch_step(engine, minibatch, stage, device)
+        rows, skipped = minibatch_step(engine, minibatch, stage, device, f"step {step + 1}, GRPO update")
+        stats.nonfinite_skipped += skipped
         rows_all += rows
         stats.loss += sum(r.loss for r in rows)
         stats.kl += sum(r.kl for r in rows)
@@ -218,18 +227,26 @@ def _finish_stats(stats: UpdateStats, rows: list[RowResult], trained_frac: float
     return stats
 
 
-def minibatch_step(engine, minibatch: Minibatch, stage: DictConfig, device: torch.device) -> list[RowResult]:
-    """Forward/backward every packed row of the minibatch, then one optimizer step."""
+def minibatch_step(
+    engine, minibatch: Minibatch, stage: DictConfig, device: torch.device, where: str = "GRPO update"
+) -> tuple[list[RowResult], bool]:
+    """Forward/backward every packed row of the minibatch, then one (guarded) optimizer step; returns
+    the rows' figures and whether the step was skipped for a non-finite loss or gradient."""
     rows = pack_rows(minibatch.samples, stage.max_tokens_per_forward)
     results = []
     for r, row in enumerate(rows):
         engine.set_gradient_accumulation_boundary(r == len(rows) - 1)
         results.append(row_forward_backward(engine, minibatch, row, stage, device))
+        if not results[-1].finite:
+            break  # no use back-propagating the rest: the step will not be taken
     if not rows:  # nothing carries gradient: step on zeros, exactly as the unskipped minibatch would
         engine.set_gradient_accumulation_boundary(True)
         engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
-    engine.step()
-    return results
+    loss_finite = all(r.finite for r in results)
+    if faults.active("nan_grad", minibatch.step):
+        faults.poison_a_gradient(engine.module)
+    skipped = guards.guarded_step(engine, loss_finite, stage.optim.on_nonfinite, where)
+    return [r for r in results if r.finite], skipped
 
 
 def _rollout_gap(samples: list[Sample], trainer_logprobs: list[torch.Tensor]) -> tuple[list[float], int]:
@@ -275,6 +292,8 @@ def row_forward_backward(
     loss_weight = maths.chunk_weight(
         stage.aggregation, len(samples), minibatch.total_seqs, row_tokens, minibatch.scored_tokens
     )
+    if not guards.finite(out.loss):
+        return RowResult(0.0, 0.0, 0.0, 0.0, 0, [], 0, finite=False)
     engine.backward(out.loss * loss_weight)
     token_share = row_tokens / minibatch.scored_tokens if minibatch.scored_tokens > 0 else 0.0
     return RowResult(

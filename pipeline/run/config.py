@@ -53,6 +53,10 @@ _STAGE_CHOICES = {
 }
 
 
+for _kind in ("sft", "distill", "rs_sft", "rm", "grpo", "align"):  # the stages that train
+    _STAGE_CHOICES.setdefault(_kind, {})["stage.optim.on_nonfinite"] = {"skip", "stop"}
+
+
 def _register() -> None:
     """Resolvers used by the YAML, and the schemas Hydra composes on: `schema/stage/<kind>` is the
     first default of every `conf/stage/<name>.yaml`, `config_schema` the first of `conf/config.yaml`."""

@@ -18,8 +18,10 @@ from typing import Optional
 from pipeline.data.sources import DataError
 from pipeline.run.config import ConfigError
 from pipeline.run.folders import InputError
+from pipeline.train.guards import NonFiniteError
 
-USER_ERRORS = (ConfigError, InputError, DataError)
+# What resuming cannot fix: bad config, inputs or data, and a run stopped on a NaN by request.
+USER_ERRORS = (ConfigError, InputError, DataError, NonFiniteError)
 ERROR_FILE = "error.txt"
 STAGE_DIR_ENV = "R1_STAGE_DIR"  # set by the launcher: where a stage leaves its user error
 USER_ERROR_EXIT = 2

@@ -1,4 +1,8 @@
-"""Fault injection for resume tests: `R1_FAULT=<point>:<step>` SIGKILLs the process there.
+"""Fault injection for resume and guard tests: `R1_FAULT=<point>:<step>`.
+
+Kill points SIGKILL the process there (`maybe_fault`); numerical points (`active`) make the stage
+meet a NaN there: `nan_loss` (the step's loss), `nan_grad` (a gradient after the backward pass),
+`nan_reward` (one RL reward).
 
 Points: `after_step` (right after optimizer step <step> is logged), `during_save` (after
 DeepSpeed wrote checkpoint <step> but before it is marked complete) and `after_shard` (stage-3,
@@ -20,3 +24,23 @@ def maybe_fault(point: str, step: int) -> None:
     if want_point == point and int(want_step) == step:
         print(f"[fault injection] SIGKILL at {point}:{step}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def active(point: str, step: int) -> bool:
+    """Is `R1_FAULT` asking for `point` at `step` (a numerical fault: the caller injects the NaN)?"""
+    spec = os.environ.get("R1_FAULT", "")
+    want_point, _, want_step = spec.partition(":")
+    if spec and want_point == point and int(want_step) == step:
+        print(f"[fault injection] {point} at step {step}", flush=True)
+        return True
+    return False
+
+
+def poison_a_gradient(module) -> None:
+    """Set the first gradient that exists to NaN (the `nan_grad` fault)."""
+    import torch
+
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad.view(-1)[0] = torch.nan
+            return

@@ -80,6 +80,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
+    # NaN/inf loss, gradient or reward: skip (weights unchanged, counted) | stop (pipeline.train.guards)
+    on_nonfinite: str = "skip"
 
 
 def _optim(**changes) -> Any:

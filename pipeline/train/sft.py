@@ -22,8 +22,9 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.data.packing import Example, build_plan, collate, tokenize_chat
+from pipeline.run import faults
 from pipeline.run.faults import maybe_fault
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, guards
 from pipeline.train.dist import Dist
 from pipeline.train.engine import Trainer, build_engine, load_model
 from pipeline.train.maths import global_token_mean_scale, token_nll_sum
@@ -128,7 +129,10 @@ def train_steps(
     engine.train()
     for step in range(trainer.state.step, data.total_steps):
         lr = trainer.scheduler.get_last_lr()[0]
-        record = {"lr": lr, **sft_step(engine, data, step, dist, stage.gradient_accumulation_steps)}
+        record = {
+            "lr": lr,
+            **sft_step(engine, data, step, dist, stage.gradient_accumulation_steps, stage.optim.on_nonfinite),
+        }
         records.append(record)
         done = step + 1
         if done % cfg.logger.log_every == 0 or done == data.total_steps:
@@ -145,13 +149,13 @@ def train_steps(
     return records
 
 
-def sft_step(engine, data: PackedData, step: int, dist: Dist, grad_accum: int) -> dict:
+def sft_step(engine, data: PackedData, step: int, dist: Dist, grad_accum: int, on_nonfinite: str = "skip") -> dict:
     """One optimizer step over this rank's share of the step's packed rows; metrics over all ranks."""
     start = time.perf_counter()
     step_rows = data.plan[step * data.rows_per_step : (step + 1) * data.rows_per_step]
     global_targets = sum(data.examples[i].n_targets for row in step_rows for i in row)
     scale = global_token_mean_scale(grad_accum, dist.world, global_targets)
-    nll_total, local_tokens, grad_norm = 0.0, 0, None
+    nll_total, local_tokens, grad_norm, loss_finite, skipped = 0.0, 0, None, True, False
     for micro in range(grad_accum):
         first = (micro * dist.world + dist.rank) * data.rows_per_micro
         batch = collate([data.examples[i] for row in step_rows[first : first + data.rows_per_micro] for i in row])
@@ -159,10 +163,18 @@ def sft_step(engine, data: PackedData, step: int, dist: Dist, grad_accum: int) -
         # use_cache=False matters: with a KV cache transformers skips packed-sequence masking
         logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         nll = token_nll_sum(logits, batch["targets"])
-        engine.backward(nll * scale)
+        if faults.active("nan_loss", step + 1):
+            nll = nll * float("nan")
+        loss_finite = loss_finite and guards.finite(nll)
+        if loss_finite:
+            engine.backward(nll * scale)
         if micro == grad_accum - 1:
+            if faults.active("nan_grad", step + 1):
+                faults.poison_a_gradient(engine.module)
             grad_norm = _grad_norm(engine)
-        engine.step()
+            skipped = guards.guarded_step(engine, loss_finite, on_nonfinite, f"step {step + 1}")
+        else:
+            engine.step()  # DeepSpeed only counts the micro-step here
         nll_total += nll.item()
         local_tokens += batch["input_ids"].numel()
     nll_sum, tokens = dist.all_sum(nll_total, local_tokens)
@@ -175,6 +187,7 @@ def sft_step(engine, data: PackedData, step: int, dist: Dist, grad_accum: int) -
         "target_tokens": int(global_targets),
         "tok_per_s": tokens / seconds,
         "step_seconds": seconds,
+        "nonfinite_skipped": int(skipped),
     }
 
 

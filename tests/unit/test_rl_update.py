@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,9 @@ class RecordingEngine:
     def __init__(self, module):
         self.module = module
         self.steps: list[dict[str, torch.Tensor]] = []
+        self.step_lrs: list[float] = []
         self.forwards = 0
+        self.optimizer = SimpleNamespace(param_groups=[{"lr": 1e-3}])
 
     def __call__(self, **kwargs):
         if torch.is_grad_enabled():
@@ -36,6 +39,8 @@ class RecordingEngine:
 
     def step(self):
         self.steps.append({n: p.grad.clone() for n, p in self.module.named_parameters() if p.grad is not None})
+        self.step_lrs.append(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.param_groups[0]["lr"] = 1e-3  # as the LR scheduler would set it again
         self.module.zero_grad(set_to_none=True)
 
 
@@ -143,3 +148,38 @@ def test_tis_weights_are_logged_and_one_when_rollout_and_trainer_agree():
     _, stats = grads(batch, skip=True)
     assert stats.tis_weight_mean == pytest.approx(2.0) and stats.tis_capped_frac == 1.0
     assert math.isfinite(stats.loss)
+
+
+def test_a_nan_loss_skips_the_update_or_stops_the_run():
+    from pipeline.train.guards import NonFiniteError
+
+    batch = samples(GROUPS)
+    batch[5].advantage = float("nan")
+    engine, stats = grads(batch, skip=True)
+    assert stats.nonfinite_skipped == 1 and engine.step_lrs == [0.0]  # stepped at lr 0: weights unchanged
+    assert all(float(g.abs().sum()) == 0.0 for g in engine.steps[0].values())
+    with pytest.raises(NonFiniteError, match="non-finite loss or gradient"):
+        grads(batch, skip=True, optim={"on_nonfinite": "stop"})
+
+
+def test_a_nan_gradient_skips_the_update(monkeypatch):
+    batch = samples(GROUPS)
+    monkeypatch.setenv("R1_FAULT", "nan_grad:1")  # the fault point poisons a gradient after the backward
+    engine, stats = grads(batch, skip=True)
+    assert stats.nonfinite_skipped == 1 and engine.step_lrs == [0.0]
+    monkeypatch.delenv("R1_FAULT")
+    engine, stats = grads(batch, skip=True)
+    assert stats.nonfinite_skipped == 0 and engine.step_lrs == [1e-3]
+
+
+def test_a_nan_reward_gives_its_group_no_advantage_or_stops_the_run():
+    from pipeline.rl.batch import _neutralise_nonfinite
+    from pipeline.train.guards import NonFiniteError
+
+    group = samples([[1.0, 0.0, 1.0, 0.0]])
+    group[1].reward, group[1].parts = float("nan"), {"helpfulness": float("nan"), "format": 1.0}
+    assert _neutralise_nonfinite(group, "skip", step=0) == 1
+    assert [x.reward for x in group] == [0.0] * 4 and group[1].parts == {"helpfulness": None, "format": 1.0}
+    group[2].reward = float("inf")
+    with pytest.raises(NonFiniteError, match="step 3: non-finite reward"):
+        _neutralise_nonfinite(group, "stop", step=2)

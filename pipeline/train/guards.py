@@ -1,0 +1,48 @@
+"""Numerical guards: a NaN or inf in a loss or the gradients never reaches the weights.
+
+Every optimizer step of every training stage goes through `guarded_step`. A non-finite loss is not
+back-propagated; the gradients are checked before the step (on ZeRO 0/1, where they are whole on each
+rank; under ZeRO 2/3 the loss check alone applies). Then, by `stage.optim.on_nonfinite`:
+
+* `skip`: the gradients are zeroed and the step is taken at learning rate 0, so the weights do not
+  move (Adam's moments decay as for a zero gradient, and DeepSpeed's step and schedule counters stay
+  in step with the data). The step is counted in the metrics (`nonfinite_skipped`).
+* `stop`: the stage ends with one line saying where, and that the last checkpoint is intact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a NaN/inf and `stage.optim.on_nonfinite=stop`."""
+
+
+def finite(value) -> bool:
+    return bool(torch.isfinite(torch.as_tensor(value)).all())
+
+
+def grads_finite(engine) -> bool:
+    """All gradients held on this rank are finite (ZeRO 0/1; ZeRO 2/3 keep none in `.grad`)."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def guarded_step(engine, loss_finite: bool, policy: str, where: str) -> bool:
+    """`engine.step()`, unless the loss or the gradients are not finite; returns True if skipped."""
+    if loss_finite and grads_finite(engine):
+        engine.step()
+        return False
+    if policy == "stop":
+        raise NonFiniteError(
+            f"{where}: non-finite loss or gradient (NaN/inf); stopped as stage.optim.on_nonfinite=stop asks. "
+            "The last checkpoint is intact; set stage.optim.on_nonfinite=skip to skip such steps instead"
+        )
+    for p in engine.module.parameters():
+        if p.grad is not None:
+            p.grad.zero_()
+    for group in engine.optimizer.param_groups:
+        group["lr"] = 0.0  # the scheduler sets the next step's rate again inside engine.step()
+    engine.step()
+    return True
