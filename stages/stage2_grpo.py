@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from pipeline.data.prompts import encode_prompts, load_prompts
+from pipeline.data.prompts import encode_prompts, held_out_prompts, load_prompts
 from pipeline.rl.batch import PromptPool
 from pipeline.rl.loop import GRPOTrainer, RLTask
 from pipeline.rl.rewards import RewardContext
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         code_partial_credit=stage.code.partial_credit,
     )
     try:
-        GRPOTrainer(cfg, dist, init, RLTask([pool], rewards, load_prompts(cfg.data, "eval"))).train()
+        GRPOTrainer(cfg, dist, init, RLTask([pool], rewards, held_out_prompts(cfg.data, records))).train()
     finally:
         rewards.verifier.close()
     return 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from pipeline.data.prompts import encode_prompts, load_prompts
+from pipeline.data.prompts import encode_prompts, held_out_prompts, load_prompts
 from pipeline.data.sources import DataError, iter_jsonl
 from pipeline.rl.batch import PromptPool
 from pipeline.rl.loop import GRPOTrainer, RLTask
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if dist.is_main:
         folders.update_manifest(config_lib.stage_dir(cfg), reward_models=models)
-    task = RLTask(pools, rewards, load_prompts(cfg.data, "eval"), step_hook=reward_watch(stage, dist.is_main))
+    held_out = held_out_prompts(cfg.data, pools[0].records)  # the reasoning pool's questions removed
+    task = RLTask(pools, rewards, held_out, step_hook=reward_watch(stage, dist.is_main))
     try:
         GRPOTrainer(cfg, dist, init, task).train()
     finally:

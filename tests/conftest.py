@@ -15,7 +15,9 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.run.paths import base_model_dir  # noqa: E402
 
-QUIET = ("logger=none", "logger.progress=false")
+# fp32 unless a test asks otherwise: model.dtype=auto picks bf16 on CPUs where a calibration finds it
+# faster, and the tests' exact-resume and logprob-gap bounds are fp32 figures
+QUIET = ("logger=none", "logger.progress=false", "model.dtype=fp32")
 
 
 def launch_command(stage: str, runs: Path, run_name: str, *overrides: str) -> list[str]:

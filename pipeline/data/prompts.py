@@ -110,6 +110,34 @@ def load_prompts(cfg: DictConfig, split: str) -> list[dict]:
     return out
 
 
+# reasoning-gym held-out candidates drawn per prompt wanted, so that enough remain after removing the
+# questions the training prompts also contain (12% of 512 at the default difficulty, 34% at 1 digit)
+HELD_OUT_HEADROOM = 4
+
+
+def held_out_prompts(cfg: DictConfig, train: list[dict]) -> list[dict]:
+    """Up to `data.eval_examples` held-out prompts, none of whose questions is among the training
+    prompts (or repeated): procedurally generated sets repeat questions across seeds, and a question
+    trained on is not held out."""
+    seen = {r["question"] for r in train}
+    if cfg.source == "reasoning_gym":
+        kwargs = {k: dict(v) for k, v in (cfg.task_kwargs or {}).items()}
+        size = cfg.eval_examples * HELD_OUT_HEADROOM
+        candidates = iter_reasoning_gym(list(cfg.tasks), cfg.eval_seed, size, kwargs)
+    else:
+        candidates = iter_prompts(cfg, "eval")
+    out = []
+    for record in candidates:
+        if len(out) >= cfg.eval_examples:
+            break
+        if record["question"] not in seen:
+            seen.add(record["question"])
+            out.append(record)
+    if not out:
+        raise DataError("no held-out prompts left once the training questions are removed (data.eval_*)")
+    return out
+
+
 def iter_prompts(cfg: DictConfig, split: str) -> Iterator[dict]:
     """Stream a prompt set (train or held-out eval) without holding it in memory."""
     if cfg.source not in PROMPT_SOURCES:

@@ -38,8 +38,9 @@ def stage1(runs, warm_tiny_model_dir):
         "model.name=tiny",
         "data.num_examples=16",
         "stage.pack_length=512",
-        "stage.max_steps=3",
+        "stage.max_steps=4",
         "stage.optim.lr=1e-2",
+        "stage.optim.warmup_steps=0",
         *LORA,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -69,6 +70,7 @@ def test_grpo_with_lora_syncs_merged_weights_and_uses_the_base_as_reference(runs
         "stage.num_minibatches=2",
         "stage.beta=0.05",
         "stage.optim.lr=1e-2",
+        "stage.optim.warmup_steps=0",
         "stage.rollout.max_new_tokens=32",
         "stage.eval_every=0",
         "stage.save_every=1",

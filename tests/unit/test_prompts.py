@@ -49,3 +49,19 @@ def test_reasoning_gym_train_and_eval_splits_are_disjoint_and_interleaved():
     assert [r["task"] for r in train[:4]] == ["chain_sum", "basic_arithmetic"] * 2
     assert not {r["id"] for r in train} & {r["id"] for r in held_out}
     assert all(r["entry"]["answer"] == r["answer"] for r in train)
+
+
+def test_held_out_prompts_never_repeat_a_training_question():
+    """Procedural tasks repeat questions across seeds (12% of 512 held-out items at the default
+    difficulty were also training prompts); the held-out set drops them and refills to its size."""
+    from pipeline.data.prompts import held_out_prompts, load_prompts
+    from pipeline.run.config import compose
+
+    cfg = compose(["stage=stage2", "data.eval_examples=256"]).data
+    train = load_prompts(cfg, "train")
+    raw = load_prompts(cfg, "eval")
+    assert any(r["question"] in {t["question"] for t in train} for r in raw)  # the overlap is real
+    held = held_out_prompts(cfg, train)
+    questions = [r["question"] for r in held]
+    assert len(held) == 256 and len(set(questions)) == 256
+    assert not set(questions) & {t["question"] for t in train}
