@@ -101,11 +101,13 @@ def warm_start(
     p_correct: float = 0.0,
     lr: float = 3e-3,
     task: list[str] | None = None,
+    decoy: str | None = None,
 ) -> Path:
     """Teach a tiny random model the R1 format with plain SFT, so an RL test starts from a policy that
     answers in the expected place (a random-token policy never earns any reward at all). A fraction
     `p_correct` of the SFT answers is the true sum, the rest random: the policy then puts some mass on
-    the right answer and RL has something to sharpen. `task`: data overrides (default `TINY_TASK`)."""
+    the right answer and RL has something to sharpen. `decoy`: the wrong answers are all this one
+    string instead of random numbers. `task`: data overrides (default `TINY_TASK`)."""
     import random
 
     import torch
@@ -121,7 +123,8 @@ def warm_start(
     examples = []
     for r in load_prompts(cfg.data, "train"):
         expr = r["entry"]["metadata"]["expression"]
-        answer = r["answer"] if rng.random() < p_correct else rng.randint(0, 18)
+        wrong = decoy if decoy is not None else rng.randint(0, 18)
+        answer = r["answer"] if rng.random() < p_correct else wrong
         reply = f"<think>\n{expr}\n</think>\n\n\\boxed{{{answer}}}"
         messages = [
             {"role": "system", "content": cfg.data.system_prompt},

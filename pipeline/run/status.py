@@ -26,6 +26,8 @@ KEY_FIGURES = (
     "eval_greedy_accuracy_last",
     "eval_pass@1_first",
     "eval_pass@1_last",
+    "heldout_n",
+    "heldout_p",
     "reward_first",
     "reward_last",
     "rows",

@@ -25,6 +25,8 @@ SMALL = {
     "stage.num_minibatches": 2,
     "stage.rollout.max_new_tokens": 32,
     "stage.eval_every": 2,
+    "stage.eval_samples": 2,
+    "stage.beta": 0.001,  # the reference-model path (the default, beta = 0, has none)
     "stage.save_every": 2,
     "stage.optim.lr": 1e-4,
     "data.num_examples": 16,
@@ -154,25 +156,27 @@ def test_a_stage_mixing_code_and_maths_prompts_logs_the_code_reward_separately(r
 
 
 @pytest.fixture(scope="module")
-def half_right_model_dir(tmp_path_factory, tiny_model_dir, tokenizer):
-    """A tiny model warm-started on sums whose SFT answers are right 35% of the time (the rest random
-    numbers): its samples are right often enough for GRPO groups to carry signal, and it is far from
-    the accuracy it can reach."""
+def decoy_model_dir(tmp_path_factory, tiny_model_dir, tokenizer):
+    """A tiny model warm-started on sums whose SFT answers are right 45% of the time and otherwise the
+    same decoy, 99: it learns the sums, but its most likely answer is the decoy, so greedy decoding is
+    mostly wrong while its samples are often right. That is the situation RL exists for."""
     from conftest import warm_start
 
-    return warm_start(tiny_model_dir, tmp_path_factory.mktemp("half-right"), tokenizer, steps=80, p_correct=0.35)
+    return warm_start(
+        tiny_model_dir, tmp_path_factory.mktemp("decoy"), tokenizer, steps=300, p_correct=0.45, decoy="99"
+    )
 
 
-def test_grpo_raises_held_out_accuracy_beyond_chance(runs, half_right_model_dir):
-    """Real GRPO with the accuracy reward (and a small format term that only keeps the format) must raise
-    greedy accuracy on held-out prompts, not just the format: the stage's own paired test (McNemar,
-    first eval = the init model, against the last) must reject "no change" at p < 0.01 on 200
-    held-out prompts, so the test cannot pass by luck."""
+def test_grpo_raises_held_out_accuracy_beyond_chance(runs, decoy_model_dir):
+    """Real GRPO with the accuracy reward must raise greedy accuracy on held-out prompts (questions it
+    never trained on in RL), not just the format: the stage's own paired test (McNemar, first eval =
+    the init model, against the last) must reject "no change" at p < 0.01 on 150 held-out prompts, so
+    the test cannot pass by luck."""
     p = run_stage2(
         runs,
         "accuracy",
-        half_right_model_dir,
-        stage__steps=30,
+        decoy_model_dir,
+        stage__steps=40,
         stage__prompts_per_step=8,
         stage__group_size=8,
         stage__num_minibatches=1,
@@ -180,16 +184,16 @@ def test_grpo_raises_held_out_accuracy_beyond_chance(runs, half_right_model_dir)
         stage__optim__lr=3e-4,
         stage__mask_truncated="false",  # a rambling output is wrong: let it be pushed down
         stage__rewards="{accuracy: 1.0, format: 0.2, language: 0.0}",
-        stage__eval_every=30,
+        stage__eval_every=40,
         stage__eval_samples=0,
         stage__save_every=100,
-        data__num_examples=256,
-        data__eval_examples=200,
+        data__num_examples=48,
+        data__eval_examples=150,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((runs / "accuracy" / "stage2" / "manifest.json").read_text())["summary"]
     print({k: v for k, v in summary.items() if k.startswith("heldout_")})
-    assert summary["heldout_n"] == 200 and summary["heldout_test"] == "mcnemar_exact"
+    assert summary["heldout_n"] == 150 and summary["heldout_test"] == "mcnemar_exact"
     assert summary["heldout_after"] > summary["heldout_before"]
     assert summary["heldout_p"] < 0.01
 
