@@ -157,14 +157,12 @@ def test_a_stage_mixing_code_and_maths_prompts_logs_the_code_reward_separately(r
 
 @pytest.fixture(scope="module")
 def decoy_model_dir(tmp_path_factory, tiny_model_dir, tokenizer):
-    """A tiny model warm-started on sums whose SFT answers are right 45% of the time and otherwise the
+    """A tiny model warm-started on sums whose SFT answers are right 40% of the time and otherwise the
     same decoy, 99: it learns the sums, but its most likely answer is the decoy, so greedy decoding is
     mostly wrong while its samples are often right. That is the situation RL exists for."""
     from conftest import warm_start
 
-    return warm_start(
-        tiny_model_dir, tmp_path_factory.mktemp("decoy"), tokenizer, steps=300, p_correct=0.45, decoy="99"
-    )
+    return warm_start(tiny_model_dir, tmp_path_factory.mktemp("decoy"), tokenizer, steps=300, p_correct=0.4, decoy="99")
 
 
 def test_grpo_raises_held_out_accuracy_beyond_chance(runs, decoy_model_dir):
@@ -176,7 +174,7 @@ def test_grpo_raises_held_out_accuracy_beyond_chance(runs, decoy_model_dir):
         runs,
         "accuracy",
         decoy_model_dir,
-        stage__steps=40,
+        stage__steps=30,
         stage__prompts_per_step=8,
         stage__group_size=8,
         stage__num_minibatches=1,
@@ -184,7 +182,7 @@ def test_grpo_raises_held_out_accuracy_beyond_chance(runs, decoy_model_dir):
         stage__optim__lr=3e-4,
         stage__mask_truncated="false",  # a rambling output is wrong: let it be pushed down
         stage__rewards="{accuracy: 1.0, format: 0.2, language: 0.0}",
-        stage__eval_every=40,
+        stage__eval_every=30,
         stage__eval_samples=0,
         stage__save_every=100,
         data__num_examples=48,
