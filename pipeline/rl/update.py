@@ -243,6 +243,8 @@ def minibatch_step(
         engine.set_gradient_accumulation_boundary(True)
         engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
     loss_finite = all(r.finite for r in results)
+    if not loss_finite:  # stopped before the last row: the guarded step below ends the accumulation
+        engine.set_gradient_accumulation_boundary(True)
     if faults.active("nan_grad", minibatch.step):
         faults.poison_a_gradient(engine.module)
     skipped = guards.guarded_step(engine, loss_finite, stage.optim.on_nonfinite, where)

@@ -42,6 +42,9 @@ def guarded_step(engine, loss_finite: bool, policy: str, where: str) -> bool:
     for p in engine.module.parameters():
         if p.grad is not None:
             p.grad.zero_()
+    # a zero backward gives every parameter a (zero) gradient through the engine's own machinery, so the
+    # step below finds the gradients it expects even when nothing was back-propagated this step
+    engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
     for group in engine.optimizer.param_groups:
         group["lr"] = 0.0  # the scheduler sets the next step's rate again inside engine.step()
     engine.step()
