@@ -241,7 +241,7 @@ def minibatch_step(
             break  # no use back-propagating the rest: the step will not be taken
     if not rows:  # nothing carries gradient: step on zeros, exactly as the unskipped minibatch would
         engine.set_gradient_accumulation_boundary(True)
-        engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
+        guards.zero_backward(engine)
     loss_finite = all(r.finite for r in results)
     if not loss_finite:  # stopped before the last row: the guarded step below ends the accumulation
         engine.set_gradient_accumulation_boundary(True)

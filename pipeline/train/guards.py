@@ -29,6 +29,11 @@ def grads_finite(engine) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in grads)
 
 
+def zero_backward(engine) -> None:
+    """Give every trainable parameter a (zero) gradient through the engine's own backward machinery."""
+    engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
+
+
 def guarded_step(engine, loss_finite: bool, policy: str, where: str) -> bool:
     """`engine.step()`, unless the loss or the gradients are not finite; returns True if skipped."""
     if loss_finite and grads_finite(engine):
@@ -42,9 +47,7 @@ def guarded_step(engine, loss_finite: bool, policy: str, where: str) -> bool:
     for p in engine.module.parameters():
         if p.grad is not None:
             p.grad.zero_()
-    # a zero backward gives every parameter a (zero) gradient through the engine's own machinery, so the
-    # step below finds the gradients it expects even when nothing was back-propagated this step
-    engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
+    zero_backward(engine)  # the step below finds the gradients it expects even if none were computed
     for group in engine.optimizer.param_groups:
         group["lr"] = 0.0  # the scheduler sets the next step's rate again inside engine.step()
     engine.step()
