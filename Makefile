@@ -8,7 +8,7 @@ CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
 INSTALLED := $(VENV)/.installed
 BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
 
-.PHONY: help lint format bench bench-rl-update setup pipeline status report distill stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
+.PHONY: help lint format bench bench-rl-update bench-reward-attacks setup pipeline status report distill stage-1 stage-2 stage-3 train-rm stage-4 eval test test-unit test-integration clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ pipeline: setup  ## the whole pipeline in order (finished stages are skipped, a 
 
 bench-rl-update: setup  ## train seconds per sample of one GRPO step: with a reference, without, with the zero-gradient skip; ARGS="run_name=x"
 	$(PY) scripts/bench_rl_update.py $(ARGS)
+
+bench-reward-attacks: setup  ## scoring time of each adversarial completion (pipeline/rl/attacks.py); the worst case last
+	$(PY) scripts/bench_reward_attacks.py $(ARGS)
 
 bench: setup  ## the project against TRL GRPOTrainer, raw vLLM and a padded HF Trainer; ARGS="mode=tiny" or "device=cuda"
 	$(PY) scripts/bench.py $(ARGS)

@@ -50,6 +50,27 @@ def extract_boxed(text: str) -> Optional[str]:
     return None
 
 
+def boxed_all(text: str) -> list[str]:
+    """Contents of every outermost complete `\\boxed{…}` in `text`, in order. Linear time: braces are
+    matched in one pass, so thousands of unclosed `\\boxed{` cannot make it quadratic."""
+    match, stack = {}, []
+    for j, ch in enumerate(text):
+        if ch == "{":
+            stack.append(j)
+        elif ch == "}" and stack:
+            match[stack.pop()] = j
+    out, end = [], -1
+    start = text.find("\\boxed{")
+    while start >= 0:
+        brace = start + len("\\boxed")
+        close = match.get(brace)
+        if close is not None and start > end:  # a box inside a box counts as part of the outer one
+            out.append(text[brace + 1 : close].strip())
+            end = close
+        start = text.find("\\boxed{", start + 1)
+    return out
+
+
 def is_r1_format(text: str) -> bool:
     """One think block, then an answer part that carries a boxed result."""
     parts = split_think(text)

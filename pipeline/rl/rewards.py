@@ -6,7 +6,8 @@ total is the weighted sum and every component is logged separately. A component 
 apply to a prompt (accuracy on a code prompt, code on a maths prompt) is None: it adds nothing to
 the total and is left out of that component's mean.
 
-* accuracy  - the final `\\boxed{}` of the answer part, checked against the gold answer: by
+* accuracy  - the `\\boxed{}` answer after the first `</think>` (boxes that disagree are a hedge and
+              score 0), checked against the gold answer: by
               reasoning-gym's own scorer for its tasks (binarised: 1.0 only), by math-verify for
               math. An unparsable gold answer never earns reward.
 * format    - exactly one leading `<think>…</think>` with non-empty reasoning, then an answer part
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pipeline.data.code_tasks import is_code
-from pipeline.data.r1format import THINK_CLOSE, THINK_OPEN, extract_boxed, split_think
+from pipeline.data.r1format import THINK_CLOSE, THINK_OPEN, boxed_all, extract_boxed, split_think
 from pipeline.rl.sandbox import Sandbox
 from pipeline.rl.verify import Verifier
 
@@ -48,14 +49,18 @@ class RewardContext:
 
 
 def answer_part(completion: str) -> str:
-    """Text after the last </think> (the whole completion if there is none), size-capped."""
+    """Text after the first </think> (the whole completion if there is none), size-capped. The first:
+    a fake think block written after the answer must not hide the answer that came before it."""
     text = completion[:MAX_COMPLETION_CHARS]
-    cut = text.rfind(THINK_CLOSE)
+    cut = text.find(THINK_CLOSE)
     return text[cut + len(THINK_CLOSE) :] if cut >= 0 else text
 
 
 def extract_answer(completion: str) -> Optional[str]:
-    return extract_boxed(answer_part(completion))
+    """The boxed final answer of the answer part. Boxes that disagree ("\\boxed{5} or \\boxed{4}", or an
+    echoed prompt with a second answer) are a hedge, and a hedge is no answer: None."""
+    boxes = boxed_all(answer_part(completion))
+    return boxes[-1] if boxes and len(set(boxes)) == 1 else None
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)

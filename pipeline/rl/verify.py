@@ -27,11 +27,24 @@ _TIMEOUT_S = 5  # math-verify's own (integer-second) alarm inside the worker
 PRELOAD = ["pipeline.rl.verify", "math_verify", "reasoning_gym"]
 
 
+def _parse_gold(gold: str) -> list:
+    """math-verify's reading of a gold answer, or [] when it finds no expression in it. math-verify falls
+    back to the raw string ("???" parses to ["???"]) and `verify` then accepts the same string copied
+    into the box; a gold answer no rule can read must never earn reward, so a string alone is not a parse."""
+    from math_verify import parse
+
+    for text in (f"${gold}$", gold):
+        parsed = parse(text, parsing_timeout=_TIMEOUT_S)
+        if any(not isinstance(p, str) for p in parsed):
+            return parsed
+    return []
+
+
 def _math_equal(gold: str, pred: str) -> bool:
     """Runs in a worker's main thread. An unparsable gold answer never earns reward."""
     from math_verify import parse, verify
 
-    gold_parsed = parse(f"${gold}$", parsing_timeout=_TIMEOUT_S) or parse(gold, parsing_timeout=_TIMEOUT_S)
+    gold_parsed = _parse_gold(gold)
     if not gold_parsed:
         return False
     pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=_TIMEOUT_S)
@@ -83,9 +96,7 @@ def is_free_text(gold: str) -> bool:
 
 def _gold_parses(gold: str) -> bool:
     """Whether math-verify can read the gold answer at all (if not, no rule can verify answers to it)."""
-    from math_verify import parse
-
-    return bool(parse(f"${gold}$", parsing_timeout=_TIMEOUT_S) or parse(gold, parsing_timeout=_TIMEOUT_S))
+    return bool(_parse_gold(gold))
 
 
 def _rg_equal(task: str, entry: dict, pred: str) -> bool:

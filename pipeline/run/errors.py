@@ -18,10 +18,12 @@ from typing import Optional
 from pipeline.data.sources import DataError
 from pipeline.run.config import ConfigError
 from pipeline.run.folders import InputError
+from pipeline.train.checkpoint import CheckpointWriteError
 from pipeline.train.guards import NonFiniteError
 
-# What resuming cannot fix: bad config, inputs or data, and a run stopped on a NaN by request.
-USER_ERRORS = (ConfigError, InputError, DataError, NonFiniteError)
+# What resuming alone cannot fix: bad config, inputs or data, a run stopped on a NaN by request, and a
+# checkpoint that could not be written (its message says which checkpoint to resume from once there is space).
+USER_ERRORS = (ConfigError, InputError, DataError, NonFiniteError, CheckpointWriteError)
 ERROR_FILE = "error.txt"
 STAGE_DIR_ENV = "R1_STAGE_DIR"  # set by the launcher: where a stage leaves its user error
 USER_ERROR_EXIT = 2
@@ -39,8 +41,11 @@ def run_stage(main: Callable[[Optional[list[str]]], int], argv: Optional[list[st
         message = one_line(e)
         folder = os.environ.get(STAGE_DIR_ENV)
         if folder and os.environ.get("RANK", "0") == "0":
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / ERROR_FILE).write_text(message + "\n")
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                (Path(folder) / ERROR_FILE).write_text(message + "\n")
+            except OSError:  # a full disk: the message still reaches stderr
+                pass
         print(f"error: {message}", file=sys.stderr, flush=True)
         return USER_ERROR_EXIT
 

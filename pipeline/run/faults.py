@@ -2,7 +2,9 @@
 
 Kill points SIGKILL the process there (`maybe_fault`); numerical points (`active`) make the stage
 meet a NaN there: `nan_loss` (the step's loss), `nan_grad` (a gradient after the backward pass),
-`nan_reward` (one RL reward).
+`nan_reward` (one RL reward). `disk_full:<step>` makes checkpoint <step>'s writes fail for real: the
+file-size limit (RLIMIT_FSIZE) drops to 16 KiB while it is saved, so the kernel refuses DeepSpeed's and
+torch's writes part-way through a file (EFBIG), as a full disk would (ENOSPC).
 
 Points: `after_step` (right after optimizer step <step> is logged), `during_save` (after
 DeepSpeed wrote checkpoint <step> but before it is marked complete) and `after_shard` (stage-3,
@@ -12,8 +14,10 @@ nothing gets to clean up, exactly like an OOM kill or a pulled plug.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 
 
 def maybe_fault(point: str, step: int) -> None:
@@ -44,3 +48,21 @@ def poison_a_gradient(module) -> None:
         if p.grad is not None:
             p.grad.view(-1)[0] = torch.nan
             return
+
+
+@contextlib.contextmanager
+def disk_full(step: int) -> Iterator[None]:
+    """Writes fail inside this block when `R1_FAULT=disk_full:<step>` (Unix; no-op otherwise)."""
+    if not active("disk_full", step):
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() returns EFBIG instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)

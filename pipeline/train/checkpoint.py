@@ -6,6 +6,10 @@ does rank 0 write a `COMPLETE` marker and `os.replace` the folder to `checkpoint
 any moment therefore leaves either the previous checkpoints untouched or a half-written staging
 folder that resume ignores (and the next save clears). Resume picks the newest folder that has `COMPLETE`.
 
+A save that cannot be written (a full disk, a quota) removes its staging folder and raises
+`CheckpointWriteError`, a one-line user error that names the checkpoint still intact: freeing space
+and re-running resumes from it. The export is written the same way (`.tmp`, then `os.replace`).
+
 DeepSpeed checkpoints hold partitioned optimizer state and need the same world size to load;
 stages hand each other HF exports instead, which any world size, transformers and vLLM can read.
 """
@@ -20,11 +24,53 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional, TypeVar
 
-from pipeline.run.faults import maybe_fault
+from pipeline.run.faults import disk_full, maybe_fault
 
 T = TypeVar("T")
 MARKER = "COMPLETE"
 STAGING = ".staging"
+
+
+_TORCH_WRITE_MARKERS = ("inline_container", "PytorchStreamWriter", "write failed", "failed writing")
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint or export could not be written (most often a full disk); earlier ones are intact."""
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """OSError (ENOSPC, EDQUOT, EFBIG, EIO...) anywhere in the chain, or torch's C++ writer, which reports
+    a short write as a RuntimeError from its zip container ("unexpected pos ...", "file write failed")."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return True
+        text = str(error)
+        if isinstance(error, RuntimeError) and any(m in text for m in _TORCH_WRITE_MARKERS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_space(path: Path) -> str:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{shutil.disk_usage(path).free / 2**30:.2f} GiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def write_failure(what: str, where: Path, error: BaseException, intact: Optional[Path]) -> CheckpointWriteError:
+    reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else " ".join(str(error).split())
+    kept = (
+        f"checkpoint {intact.name} is intact: free space, then run the same command again to resume from it"
+        if intact is not None
+        else "no earlier checkpoint exists: free space, then run the same command again to start this stage over"
+    )
+    return CheckpointWriteError(
+        f"could not write {what} in {where} ({reason[:200]}; {_free_space(where)}); "
+        f"the partial copy was removed and {kept}"
+    )
 
 
 def tag_for(step: int) -> str:
@@ -61,15 +107,24 @@ def save(
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a save that was killed
         staging.mkdir(parents=True, exist_ok=True)
     barrier()
-    engine.save_checkpoint(str(staging), tag=tag, save_latest=False)
-    state.save(staging / tag, rank)
-    if write_extra is not None and rank == 0:  # stage-specific state, e.g. the RL reference model
-        write_extra(staging / tag)
-    maybe_fault("during_save", step)
-    barrier()
+    try:
+        with disk_full(step):
+            engine.save_checkpoint(str(staging), tag=tag, save_latest=False)
+            state.save(staging / tag, rank)
+            if write_extra is not None and rank == 0:  # stage-specific state, e.g. the RL reference model
+                write_extra(staging / tag)
+            maybe_fault("during_save", step)
+            barrier()
+            if rank == 0:
+                (staging / tag / MARKER).write_text(json.dumps(dataclasses.asdict(state), sort_keys=True) + "\n")
+                _fsync_dir(staging / tag)
+    except Exception as e:
+        if not is_write_failure(e):
+            raise
+        if rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise write_failure(f"checkpoint {tag}", ckpt_dir, e, latest(ckpt_dir)) from e
     if rank == 0:
-        (staging / tag / MARKER).write_text(json.dumps(dataclasses.asdict(state), sort_keys=True) + "\n")
-        _fsync_dir(staging / tag)
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging / tag, final)
@@ -106,8 +161,14 @@ def export_hf(engine, tokenizer, out: Path, rank: int, zero_stage: int, barrier:
     if rank == 0:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        try:
+            module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        except Exception as e:
+            if not is_write_failure(e):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failure("the export", out.parent, e, latest(out.parent / "checkpoints")) from e
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

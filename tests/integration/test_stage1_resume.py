@@ -154,6 +154,25 @@ def test_kill_during_save_leaves_no_complete_looking_checkpoint(reference, runs,
     assert losses(stage) == losses(reference)
 
 
+def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(reference, runs, tiny_model_dir):
+    """The kernel refuses the writes of checkpoint 4 part-way (RLIMIT_FSIZE): one line says which
+    checkpoint survived, nothing half-written is left, and the re-run resumes from it exactly."""
+    stage = runs / "full" / "stage1"
+    p = launch(runs, "full", tiny_model_dir, env_extra={"R1_FAULT": "disk_full:4"})
+    assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stage1: could not write checkpoint step_00000004 in "), last
+    assert "checkpoint step_00000002 is intact" in last and "run the same command again" in last
+    assert [c.name for c in complete_checkpoints(stage / "checkpoints")] == ["step_00000002"]
+    assert not (stage / "checkpoints" / STAGING).exists()
+    assert manifest(stage)["status"] == "failed"
+
+    p = launch(runs, "full", tiny_model_dir)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resuming stage1 from step_00000002" in p.stdout
+    assert losses(stage) == losses(reference)
+
+
 def test_force_reruns_and_keeps_the_old_folder(reference, runs, tiny_model_dir):
     p = launch(runs, "ref", tiny_model_dir, "force=true", "stage.max_steps=2")
     assert p.returncode == 0, p.stderr[-3000:]

@@ -109,3 +109,29 @@ def test_a_crash_is_not_a_user_error():
 
     with pytest.raises(RuntimeError):
         errors.run_stage(main)
+
+
+def test_a_short_write_is_a_write_failure_and_names_the_checkpoint_that_survived(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.run import faults
+    from pipeline.train.checkpoint import MARKER, is_write_failure, write_failure
+
+    monkeypatch.setenv("R1_FAULT", "disk_full:7")
+    with pytest.raises(Exception) as torch_error, faults.disk_full(7):
+        torch.save({"w": torch.zeros(100_000)}, tmp_path / "w.pt")  # torch's C++ writer: a RuntimeError
+    with pytest.raises(OSError) as os_error, faults.disk_full(7):
+        (tmp_path / "b").write_bytes(b"0" * 100_000)
+    with faults.disk_full(8):  # another step: no limit
+        (tmp_path / "c").write_bytes(b"0" * 100_000)
+    assert is_write_failure(torch_error.value) and is_write_failure(os_error.value)
+    assert not is_write_failure(ValueError("a bug, not the disk"))
+
+    kept = tmp_path / "checkpoints" / "step_00000002"
+    kept.mkdir(parents=True)
+    (kept / MARKER).write_text("{}")
+    message = str(write_failure("checkpoint step_00000004", kept.parent, os_error.value, kept))
+    assert "File too large" in message and "GiB free" in message
+    assert "checkpoint step_00000002 is intact" in message and "resume from it" in message
+    none = str(write_failure("the export", tmp_path / "gone", os_error.value, None))
+    assert "no earlier checkpoint exists" in none

@@ -59,7 +59,8 @@ def test_accuracy_math_verify_equivalences(ctx):
 def test_accuracy_uses_last_box_of_the_answer_part_only(ctx):
     # a box inside the reasoning does not count; only the final box after </think> does
     assert accuracy_reward(["<think>\\boxed{4}</think> \\boxed{5}"], [math_rec("4")], ctx) == [0.0]
-    assert accuracy_reward(["<think>a</think> \\boxed{5} or \\boxed{4}"], [math_rec("4")], ctx) == [1.0]
+    assert accuracy_reward(["<think>a</think> \\boxed{5} or \\boxed{4}"], [math_rec("4")], ctx) == [0.0]  # hedge
+    assert accuracy_reward(["<think>a</think> \\boxed{4}, so \\boxed{4}"], [math_rec("4")], ctx) == [1.0]
     assert extract_answer("<think>a</think><think>b</think> \\boxed{3}") == "3"
 
 
