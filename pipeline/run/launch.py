@@ -29,7 +29,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.run import config as config_lib
-from pipeline.run import errors
+from pipeline.run import errors, memory
 from pipeline.run import folders as run_lib
 from pipeline.run.paths import REPO_ROOT
 from pipeline.train.dist import die_with_parent
@@ -181,9 +181,11 @@ def write_config(cfg, folder: Path, name: str) -> Path:
     return config_path
 
 
-def run_job(cmd: list[str], env: dict) -> int:
-    """Start the distributed job in its own session; Ctrl-C / kill reach the whole job, not just the launcher."""
+def run_job(cmd: list[str], env: dict, folder: Path) -> int:
+    """Start the distributed job in its own session; Ctrl-C / kill reach the whole job, not just the
+    launcher. The peak memory of its process tree is printed and kept in the manifest."""
     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
+    monitor = memory.PeakTreeMemory(proc.pid).start()
 
     def forward(signum, _frame):
         with contextlib.suppress(ProcessLookupError):
@@ -191,7 +193,16 @@ def run_job(cmd: list[str], env: dict) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
-    return proc.wait()
+    rc = proc.wait()
+    record_peak_memory(folder, monitor.stop(), monitor.processes_at_peak)
+    return rc
+
+
+def record_peak_memory(folder: Path, peak_gib: float, processes: int) -> None:
+    print(f"peak memory of the job's process tree: {peak_gib:.2f} GiB RSS over {processes} processes", flush=True)
+    manifest = run_lib.read_manifest(folder)
+    if manifest is not None and peak_gib >= manifest.get("peak_rss_gib", 0.0):  # the largest over attempts
+        run_lib.update_manifest(folder, peak_rss_gib=round(peak_gib, 3), peak_rss_processes=processes)
 
 
 def launch(overrides: list[str]) -> int:
@@ -214,7 +225,7 @@ def launch(overrides: list[str]) -> int:
     env[errors.STAGE_DIR_ENV] = str(folder)
     errors.take_error(folder)  # a previous attempt's, already reported
     print(f"launching {name} on {nproc} x {acc} with {cfg.launcher.kind}: {' '.join(cmd[2:])}", flush=True)
-    rc = run_job(cmd, env)
+    rc = run_job(cmd, env, folder)
     if rc != 0:
         user_error = errors.take_error(folder)
         manifest = run_lib.read_manifest(folder)

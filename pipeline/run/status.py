@@ -34,6 +34,7 @@ KEY_FIGURES = (
     "kept",
     "heldout_accuracy_last",
     "steps",
+    "peak_rss_gib",  # the launcher's, over the stage's whole process tree (pipeline.run.memory)
 )
 
 
@@ -48,7 +49,10 @@ def stage_state(folder: Path, now: float | None = None) -> tuple[str, dict]:
         updated = (folder / "manifest.json").stat().st_mtime
         if (now or time.time()) - max(updated, _newest(folder)) > STALE_SECONDS:
             state = "stale? (no progress for an hour)"
-    return state, m.get("summary", {})
+    figures = dict(m.get("summary", {}))
+    if "peak_rss_gib" in m:
+        figures["peak_rss_gib"] = m["peak_rss_gib"]
+    return state, figures
 
 
 def _newest(folder: Path) -> float:

@@ -75,6 +75,7 @@ def reference(runs, tiny_model_dir) -> Path:
 def test_uninterrupted_run_trains_and_exports(reference):
     m = manifest(reference)
     assert m["status"] == "complete"
+    assert 0.2 < m["peak_rss_gib"] < 8 and m["peak_rss_processes"] >= 2  # the launcher's, over torchrun + rank
     assert m["inputs"]["init"]["kind"] == "base"
     assert len(m["inputs"]["data"]["sha256"]) == 64
     curve = losses(reference)
