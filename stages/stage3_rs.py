@@ -204,6 +204,7 @@ def write_shard(cfg, sampler: Sampler, shard: list[dict], index: int, folder: Pa
     stats.prompts += len(shard) - len(fits)
     path = shard_path(folder, index)
     data_lib.write_jsonl(rows, path)
+    maybe_fault("shard_write", index + 1)
     gen_tokens = sum(len(c.token_ids) for g in groups for c in g)
     record = {
         **stats.to_dict(),

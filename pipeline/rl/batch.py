@@ -19,6 +19,7 @@ from pipeline.rl import maths
 from pipeline.rl.rewards import RewardContext, score
 from pipeline.rl.rollout import Completion, Sampling, request_seed
 from pipeline.run import faults
+from pipeline.train.dist import all_max
 from pipeline.train.guards import NonFiniteError
 
 
@@ -122,7 +123,9 @@ def collect(
     from further prompts. Each round draws `dynamic_oversample` times the prompts still needed in one
     vLLM batch, as DAPO over-samples, instead of refilling a few prompts at a time (a small batch keeps
     vLLM's throughput low); informative groups beyond the batch size are discarded (`surplus_groups`).
-    In the last allowed round flat groups are kept, so the batch is always full.
+    In the last allowed round flat groups are kept, so the batch is always full. On several processes
+    each rank fills its own share of the batch, drawing as many prompts per round as the rank that needs
+    the most (a rank already full keeps the extra groups as surplus).
     """
     stage = cfg.stage
     per_rank = pool.per_step(step) // world
@@ -131,7 +134,9 @@ def collect(
     counts = {"zero_var": 0, "dropped": 0, "surplus": 0, "drawn": 0, "nonfinite": 0}
     gen_seconds = score_seconds = 0.0
     for refill_round in range(rounds):
-        need = per_rank - len(kept)
+        # ranks draw in lockstep (the most any rank still needs), so the pool's cursor, which counts
+        # prompts drawn over all ranks, is the same on every rank and in the checkpoint
+        need = int(all_max(float(per_rank - len(kept)))[0])
         if need <= 0:
             break
         draw = math.ceil(need * stage.dynamic_oversample) if stage.dynamic_sampling else need

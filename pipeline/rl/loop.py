@@ -35,7 +35,7 @@ from pipeline.eval.maths import mcnemar
 from pipeline.eval.protocol import evaluate_prompts
 from pipeline.rl.batch import PromptPool, collect, merge
 from pipeline.rl.maths import k3_kl
-from pipeline.rl.metrics import batch_metrics
+from pipeline.rl.metrics import batch_metrics, reduce_over_ranks
 from pipeline.rl.rewards import RewardContext
 from pipeline.rl.rollout import Sampling, VLLMRollout
 from pipeline.rl.state import RLState
@@ -171,6 +171,7 @@ class GRPOTrainer:
         start = time.perf_counter()
         per_pool = self._generate()
         batch = merge([b for _, b in per_pool])
+        maybe_fault("rollout", self.state.step + 1)
         self.rollout.sleep()
         generated = time.perf_counter()
         lr = self.scheduler.get_last_lr()[0]
@@ -178,13 +179,14 @@ class GRPOTrainer:
         stats = update(self.engine, self.reference, batch.samples, self.cfg, self.dist.device, self.state.step)
         trained = time.perf_counter()
         self.rollout.push_weights(policy_weights(self.engine, self.cfg.deepspeed.zero_stage))
+        maybe_fault("weight_sync", self.state.step + 1)
         synced = time.perf_counter()
         self.state.step += 1
         refreshable = isinstance(self.reference, torch.nn.Module)  # the LoRA reference is the base, fixed
         if refreshable and self.state.step - self.state.ref_step >= self.stage.ref_update_every:
             self.reference.load_state_dict(self.engine.module.state_dict())
             self.state.ref_step = self.state.step
-        metrics = batch_metrics(batch, stats)
+        metrics = reduce_over_ranks(batch_metrics(batch, stats))
         if self.reference is None:  # no KL term: log one only where it was measured
             metrics.pop("kl")
             if measured_kl is not None:

@@ -58,6 +58,7 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         "tis_capped_frac": stats.tis_capped_frac,
         "trained_frac": stats.trained_frac,
         "nonfinite_skipped": stats.nonfinite_skipped,
+        "padded_passes": stats.padded_passes,
         "nonfinite_rewards": batch.nonfinite_rewards,
     }
     names = sorted({k for x in samples for k, v in x.parts.items() if v is not None})
@@ -75,6 +76,53 @@ def batch_metrics(batch: Batch, stats: UpdateStats) -> dict:
         for p in pools:
             metrics[f"samples/{p}"] = sum(x.pool == p for x in samples)
     return metrics
+
+
+# How one step's per-rank figures combine into the logged one (see `reduce_over_ranks`).
+SUMMED = {
+    "samples",
+    "groups",
+    "dropped_groups",
+    "surplus_groups",
+    "nonfinite_rewards",
+    "padded_passes",
+    "loss",
+    "kl",
+    "clip_frac",
+}
+AGREED = {"nonfinite_skipped"}  # every rank skips the same steps (guards agree), so any rank's count is the count
+
+
+def reduce_over_ranks(metrics: dict) -> dict:
+    """The step's metrics over every rank's samples, on every rank (one process: unchanged).
+
+    Counts add up; `loss`, `kl` and `clip_frac` add up too, because each rank's figure is its share of
+    the global minibatch (the update's denominators are global); `*_max` / `*_min` take the max / min;
+    every other figure is a mean, weighted by each rank's samples. Sample means (reward, accuracy,
+    lengths) are therefore exact; token means (entropy, logprob gap, TIS weight) are weighted by
+    samples rather than tokens, within a few per cent of the token-weighted value.
+    """
+    import torch.distributed as td
+
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return metrics
+    gathered: list = [None] * td.get_world_size()
+    td.all_gather_object(gathered, metrics)
+    weights = [max(1, m.get("samples", 1)) for m in gathered]
+    out = {}
+    for key in {k for m in gathered for k in m}:
+        values = [(m[key], w) for m, w in zip(gathered, weights) if isinstance(m.get(key), (int, float))]
+        if not values:
+            continue
+        if key in SUMMED or key.startswith("samples/"):
+            out[key] = sum(v for v, _ in values)
+        elif key in AGREED or key.endswith("_max"):
+            out[key] = max(v for v, _ in values)
+        elif key.endswith("_min"):
+            out[key] = min(v for v, _ in values)
+        else:
+            out[key] = sum(v * w for v, w in values) / sum(w for _, w in values)
+    return out
 
 
 def _sampled_entropy(samples) -> float:

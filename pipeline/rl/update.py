@@ -27,6 +27,7 @@ from pipeline.rl import maths
 from pipeline.rl.batch import Sample
 from pipeline.run import faults
 from pipeline.train import guards
+from pipeline.train.dist import all_max, all_sum, world_size
 
 # The minibatch order of step t is a shuffle seeded with seed * SALT + t; a prime multiplier keeps
 # the (seed, step) pairs of different runs from mapping to the same shuffle.
@@ -109,6 +110,7 @@ class UpdateStats:
     tis_capped_frac: float = 0.0  # share of trained tokens whose weight was capped
     trained_frac: float = 1.0  # share of samples that got a forward/backward (the rest contribute no gradient)
     nonfinite_skipped: int = 0  # optimizer updates skipped for a NaN/inf loss or gradient (pipeline.train.guards)
+    padded_passes: int = 0  # zero backwards this rank ran to match a rank with more rows (several processes)
     updates: int = 0
 
 
@@ -137,6 +139,9 @@ class Minibatch:
     scored_tokens: float  # response tokens that carry loss (truncated ones masked out), skipped samples included
     total_seqs: int  # sequences in the minibatch, skipped ones included (the seq_mean / dr_grpo denominator)
     step: int = 0  # the RL step it belongs to (1-based, as logged)
+    # processes: the two denominators above are sums over every rank's share of the minibatch, and each
+    # rank's loss is scaled by `world` because DeepSpeed averages the ranks' gradients
+    world: int = 1
 
 
 def minibatch_orders(n_samples: int, num_minibatches: int, seed: int, step: int) -> list[list[int]]:
@@ -180,20 +185,20 @@ def update(engine, ref_model, samples: list[Sample], cfg: DictConfig, device: to
     rows_all: list[RowResult] = []
     for order in orders:
         chosen = [samples[i] for i in order]
+        local_tokens = sum(len(x.completion.token_ids) for x in chosen if not masked(x, stage))
+        scored_tokens, total_seqs = all_sum(float(local_tokens), float(len(chosen)))  # over every rank
         minibatch = Minibatch(
             [samples[i] for i in order if active[i]],
             [old[i] for i in order if active[i]] if old is not None else None,
             [ref[i] for i in order if active[i]] if ref is not None else None,
-            scored_tokens=float(
-                sum(
-                    len(x.completion.token_ids) for x in chosen if not (stage.mask_truncated and x.completion.truncated)
-                )
-            ),
-            total_seqs=len(chosen),
+            scored_tokens=scored_tokens,
+            total_seqs=int(total_seqs),
             step=step + 1,
+            world=world_size(),
         )
-        rows, skipped = minibatch_step(engine, minibatch, stage, device, f"step {step + 1}, GRPO update")
+        rows, skipped, padded = minibatch_step(engine, minibatch, stage, device, f"step {step + 1}, GRPO update")
         stats.nonfinite_skipped += skipped
+        stats.padded_passes += padded
         rows_all += rows
         stats.loss += sum(r.loss for r in rows)
         stats.kl += sum(r.kl for r in rows)
@@ -229,26 +234,27 @@ def _finish_stats(stats: UpdateStats, rows: list[RowResult], trained_frac: float
 
 def minibatch_step(
     engine, minibatch: Minibatch, stage: DictConfig, device: torch.device, where: str = "GRPO update"
-) -> tuple[list[RowResult], bool]:
+) -> tuple[list[RowResult], bool, int]:
     """Forward/backward every packed row of the minibatch, then one (guarded) optimizer step; returns
-    the rows' figures and whether the step was skipped for a non-finite loss or gradient."""
+    the rows' figures, whether the step was skipped for a non-finite loss or gradient, and how many
+    zero backwards matched another rank's larger row count."""
     rows = pack_rows(minibatch.samples, stage.max_tokens_per_forward)
-    results = []
-    for r, row in enumerate(rows):
-        engine.set_gradient_accumulation_boundary(r == len(rows) - 1)
-        results.append(row_forward_backward(engine, minibatch, row, stage, device))
-        if not results[-1].finite:
-            break  # no use back-propagating the rest: the step will not be taken
-    if not rows:  # nothing carries gradient: step on zeros, exactly as the unskipped minibatch would
-        engine.set_gradient_accumulation_boundary(True)
-        guards.zero_backward(engine)
+    # every rank runs the same number of backward passes (ZeRO-2 reduces gradients in each one): a rank
+    # with fewer rows, or none, makes up the difference with zero backwards, which add nothing
+    passes = max(1, int(all_max(float(len(rows)))[0]))
+    results: list[RowResult] = []
+    for r in range(passes):
+        engine.set_gradient_accumulation_boundary(r == passes - 1)
+        if r < len(rows) and all(x.finite for x in results):
+            results.append(row_forward_backward(engine, minibatch, rows[r], stage, device))
+            if results[-1].finite:
+                continue
+        guards.zero_backward(engine)  # no rows left, or a non-finite loss that was not back-propagated
     loss_finite = all(r.finite for r in results)
-    if not loss_finite:  # stopped before the last row: the guarded step below ends the accumulation
-        engine.set_gradient_accumulation_boundary(True)
     if faults.active("nan_grad", minibatch.step):
         faults.poison_a_gradient(engine.module)
     skipped = guards.guarded_step(engine, loss_finite, stage.optim.on_nonfinite, where)
-    return [r for r in results if r.finite], skipped
+    return [r for r in results if r.finite], skipped, passes - max(1, len(rows))
 
 
 def _rollout_gap(samples: list[Sample], trainer_logprobs: list[torch.Tensor]) -> tuple[list[float], int]:
@@ -296,7 +302,7 @@ def row_forward_backward(
     )
     if not guards.finite(out.loss):
         return RowResult(0.0, 0.0, 0.0, 0.0, 0, [], 0, finite=False)
-    engine.backward(out.loss * loss_weight)
+    engine.backward(out.loss * loss_weight * minibatch.world)
     token_share = row_tokens / minibatch.scored_tokens if minibatch.scored_tokens > 0 else 0.0
     return RowResult(
         loss=out.loss.item() * loss_weight,

@@ -33,7 +33,7 @@ BENCHMARK_SOURCES = ("reasoning_gym", "file", "code_file", "humaneval")
 _CHOICES = {
     "model.dtype": {"auto", "fp32", "bf16"},
     "deepspeed.zero_stage": {0, 1, 2, 3},
-    "launcher.kind": {"torchrun", "deepspeed"},
+    "launcher.kind": {"torchrun", "deepspeed", "slurm"},
     "launcher.accelerator": {"auto", "cpu", "cuda"},
     "logger.wandb_mode": {"offline", "online", "disabled"},
 }
@@ -115,6 +115,7 @@ def validate(raw: DictConfig) -> DictConfig:
         _check_renamed(key)
         raise ConfigError(f"config key '{key}': {_first_line(e)}") from None
     _check_choices(cfg, {**_CHOICES, **_STAGE_CHOICES.get(kind, {})})
+    _check_launcher(cfg.launcher)
     if kind in ("grpo", "align"):
         _check_rewards(cfg.stage)
         _check_rl_sampling(cfg.stage)
@@ -125,6 +126,28 @@ def validate(raw: DictConfig) -> DictConfig:
     OmegaConf.set_readonly(cfg, False)
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def _check_launcher(launcher: DictConfig) -> None:
+    """Several nodes must meet at one fixed address and port (or a rendezvous endpoint)."""
+    if launcher.nnodes < 1:
+        raise ConfigError(f"config key 'launcher.nnodes': {launcher.nnodes}; at least 1")
+    if not 0 <= launcher.node_rank < launcher.nnodes:
+        raise ConfigError(
+            f"config key 'launcher.node_rank': {launcher.node_rank} is not in 0..{launcher.nnodes - 1} "
+            f"(launcher.nnodes={launcher.nnodes})"
+        )
+    several = launcher.nnodes > 1 and launcher.kind != "slurm"  # slurm fills the port in its script
+    if several and not launcher.rdzv_endpoint and launcher.master_port == 0:
+        raise ConfigError(
+            "config key 'launcher.master_port': several nodes need the same fixed port on every node "
+            "(e.g. launcher.master_port=29500), or launcher.rdzv_endpoint=<host:port>"
+        )
+    if launcher.kind == "deepspeed" and launcher.nnodes > 1 and not launcher.hostfile:
+        raise ConfigError(
+            "config key 'launcher.hostfile': launcher=deepspeed on several nodes starts them from node 0 "
+            "through a hostfile (`host slots=N` lines); or use launcher=torchrun on every node"
+        )
 
 
 def _check_choices(cfg: DictConfig, choices: dict[str, set]) -> None:

@@ -6,9 +6,16 @@ meet a NaN there: `nan_loss` (the step's loss), `nan_grad` (a gradient after the
 file-size limit (RLIMIT_FSIZE) drops to 16 KiB while it is saved, so the kernel refuses DeepSpeed's and
 torch's writes part-way through a file (EFBIG), as a full disk would (ENOSPC).
 
-Points: `after_step` (right after optimizer step <step> is logged), `during_save` (after
-DeepSpeed wrote checkpoint <step> but before it is marked complete) and `after_shard` (stage-3,
-right after its <step>-th generation shard is written). SIGKILL, not an exception:
+Kill points, `<point>:<n>`:
+* `after_step` - right after optimizer step n is logged;
+* `during_save` - DeepSpeed wrote checkpoint n, which is not yet marked complete;
+* `rollout` - RL step n's samples are generated and scored, not yet trained on;
+* `weight_sync` - RL step n's new weights are in vLLM, the step is not yet counted or saved;
+* `after_shard` - stage-3's n-th generation shard and its stats are written;
+* `shard_write` - stage-3's n-th shard rows are written, its stats (which mark it done) are not;
+* `export` - the n-th export of this process is fully written under `.tmp`, not yet renamed;
+* `manifest` - the n-th manifest write of this process is in its temp file, not yet renamed.
+The last two count occurrences in the process (`maybe_fault(point)` without a step). SIGKILL, not an exception:
 nothing gets to clean up, exactly like an OOM kill or a pulled plug.
 """
 
@@ -19,11 +26,16 @@ import os
 import signal
 from collections.abc import Iterator
 
+_hits: dict[str, int] = {}
 
-def maybe_fault(point: str, step: int) -> None:
+
+def maybe_fault(point: str, step: int | None = None) -> None:
+    """SIGKILL this process if `R1_FAULT` names `point` at `step` (or at its step-th hit when None)."""
     spec = os.environ.get("R1_FAULT", "")
     if not spec:
         return
+    if step is None:
+        step = _hits[point] = _hits.get(point, 0) + 1
     want_point, _, want_step = spec.partition(":")
     if want_point == point and int(want_step) == step:
         print(f"[fault injection] SIGKILL at {point}:{step}", flush=True)

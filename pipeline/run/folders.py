@@ -25,6 +25,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from pipeline.run.config import Config, ConfigError, stage_dir
+from pipeline.run.faults import maybe_fault
 from pipeline.run.paths import absolute
 from pipeline.run.registry import make_target
 
@@ -50,6 +51,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    maybe_fault("manifest")
     os.replace(tmp, folder / MANIFEST)
 
 

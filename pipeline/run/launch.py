@@ -28,8 +28,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pipeline.run import cluster, errors, memory
 from pipeline.run import config as config_lib
-from pipeline.run import errors, memory
 from pipeline.run import folders as run_lib
 from pipeline.run.paths import REPO_ROOT
 from pipeline.train.dist import die_with_parent
@@ -50,9 +50,12 @@ def _accelerator(cfg) -> tuple[str, int]:
     acc = cfg.launcher.accelerator
     if acc == "auto":
         acc = "cuda" if torch.cuda.is_available() else "cpu"
-    if acc == "cuda" and not torch.cuda.is_available():
+    remote = cfg.launcher.dry_run or cfg.launcher.kind == "slurm"  # the GPUs are on other machines
+    if acc == "cuda" and not torch.cuda.is_available() and not remote:
         raise config_lib.ConfigError("config key 'launcher.accelerator': cuda requested but no GPU is visible")
     nproc = cfg.launcher.nproc or (torch.cuda.device_count() if acc == "cuda" else 1)
+    if nproc < 1:
+        raise config_lib.ConfigError("config key 'launcher.nproc': no GPU visible here; set it to the GPUs per node")
     return acc, nproc
 
 
@@ -74,36 +77,24 @@ def command(cfg, config_path: Path, acc: str, nproc: int) -> tuple[list[str], di
             env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 40))
             env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 40))
     module_args = ["--config", str(config_path)]
-    if cfg.launcher.kind == "torchrun":
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            "1",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            "-m",
-            cfg.stage.module,
-            *module_args,
-        ]
+    launcher = cfg.launcher
+    if launcher.kind in ("torchrun", "slurm"):  # a Slurm task runs torchrun on its node
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(launcher.nnodes)]
+        cmd += ["--nproc_per_node", str(nproc)]
+        if launcher.rdzv_endpoint:  # c10d rendezvous: node ranks are assigned as nodes join
+            cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", launcher.rdzv_endpoint]
+            cmd += ["--rdzv_id", f"{cfg.run_name}-{cfg.stage.name}"]
+        else:
+            cmd += ["--node_rank", str(launcher.node_rank), "--master_addr", launcher.master_addr]
+            cmd += ["--master_port", str(port)]
+        cmd += ["-m", cfg.stage.module, *module_args]
     else:
         # --no_local_rank: the stage reads LOCAL_RANK from the environment, as under torchrun
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            "--no_local_rank",
-            "--module",
-        ]
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_addr", launcher.master_addr]
+        cmd += ["--master_port", str(port), "--no_local_rank"]
+        if launcher.hostfile:  # several nodes, started from this one over ssh/pdsh
+            cmd += ["--hostfile", launcher.hostfile, "--num_nodes", str(launcher.nnodes)]
+        cmd += ["--module"]
         cmd += ["--num_gpus", str(nproc)] if acc == "cuda" else ["--num_accelerators", str(nproc)]
         cmd += [cfg.stage.module, *module_args]
     return cmd, env
@@ -213,18 +204,26 @@ def launch(overrides: list[str]) -> int:
         return 2
     folder = config_lib.stage_dir(cfg)
     name = f"{cfg.run_name}/{cfg.stage.name}"
-    if skip_or_set_aside(cfg, folder, name):
+    launcher = cfg.launcher
+    if launcher.node_rank > 0:  # a follower node: node 0 owns the folder (set-aside, manifest, errors)
+        return follow(cfg, folder, name)
+    if not launcher.dry_run and skip_or_set_aside(cfg, folder, name):
         return 0
     try:
         acc, nproc = _accelerator(cfg)
-        check_inputs(cfg, nproc)
+        check_inputs(cfg, nproc * launcher.nnodes)
     except errors.USER_ERRORS as e:
         print(f"error: {errors.one_line(e)}", file=sys.stderr)
         return errors.USER_ERROR_EXIT
+    if launcher.kind == "slurm":
+        return cluster.submit_slurm(cfg, overrides, folder, acc, nproc)
+    if launcher.dry_run:
+        return dry_run(cfg, overrides, folder, acc, nproc)
     cmd, env = command(cfg, write_config(cfg, folder, name), acc, nproc)
     env[errors.STAGE_DIR_ENV] = str(folder)
     errors.take_error(folder)  # a previous attempt's, already reported
-    print(f"launching {name} on {nproc} x {acc} with {cfg.launcher.kind}: {' '.join(cmd[2:])}", flush=True)
+    where = f"{launcher.nnodes} nodes x {nproc}" if launcher.nnodes > 1 else str(nproc)
+    print(f"launching {name} on {where} x {acc} with {launcher.kind}: {' '.join(cmd[2:])}", flush=True)
     rc = run_job(cmd, env, folder)
     if rc != 0:
         user_error = errors.take_error(folder)
@@ -239,6 +238,41 @@ def launch(overrides: list[str]) -> int:
             file=sys.stderr,
         )
     return rc
+
+
+def follow(cfg, folder: Path, name: str) -> int:
+    """Node `launcher.node_rank` > 0 of a multi-node job: join node 0's job. Its config goes to a local
+    file (node 0 owns the stage folder); a complete stage is skipped unless force=true asks node 0 to
+    run it again."""
+    import tempfile
+
+    if run_lib.is_complete(folder) and not cfg.force:
+        print(f"{name} is already complete ({folder}); nothing to do on node {cfg.launcher.node_rank}")
+        return 0
+    acc, nproc = _accelerator(cfg)
+    config_path = Path(tempfile.mkdtemp(prefix="r1-node-")) / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    cmd, env = command(cfg, config_path, acc, nproc)
+    env[errors.STAGE_DIR_ENV] = str(folder)
+    if cfg.launcher.dry_run:
+        print(" ".join(cmd))
+        return 0
+    print(f"joining {name} as node {cfg.launcher.node_rank} of {cfg.launcher.nnodes}: {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
+    return proc.wait()
+
+
+def dry_run(cfg, overrides: list[str], folder: Path, acc: str, nproc: int) -> int:
+    """Print what every node runs: the launcher line a user types there, and the job it starts."""
+    launcher = cfg.launcher
+    print(f"# {cfg.run_name}/{cfg.stage.name}: {launcher.nnodes} node(s) x {nproc} x {acc} (dry run: nothing started)")
+    for node in range(launcher.nnodes):
+        node_cfg = OmegaConf.merge(cfg, {"launcher": {"node_rank": node}})
+        cmd, _ = command(node_cfg, folder / "config.yaml", acc, nproc)
+        print(f"# node {node}: type\n{cluster.node_launch_line(overrides, node)}\n# which starts\n{' '.join(cmd)}")
+        if launcher.kind == "deepspeed" and launcher.hostfile:
+            break  # DeepSpeed's runner on node 0 starts every node from the hostfile
+    return 0
 
 
 def usage() -> str:

@@ -367,12 +367,36 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """`launcher=slurm`: an sbatch script with one task per node, each running this launcher (torchrun)."""
+
+    partition: str = ""  # "" = the cluster's default
+    account: str = ""
+    time: str = "24:00:00"
+    gpus_per_node: int = -1  # -1 = launcher.nproc (0 on CPU nodes: no --gpus-per-node line)
+    cpus_per_task: int = 0  # 0 = no --cpus-per-task line
+    extra: list[str] = field(default_factory=list)  # more `#SBATCH` options, e.g. ["--exclusive", "--mem=0"]
+    submit: bool = True  # run sbatch on the script (false: write it and print how to submit it)
+
+
+@dataclass
 class LauncherConfig:
-    kind: str = "torchrun"  # torchrun | deepspeed: the process launcher driving the DeepSpeed engine
+    # torchrun | deepspeed: the process launcher driving the DeepSpeed engine on this node;
+    # slurm: write (and submit) an sbatch job that runs the torchrun launcher on every node
+    kind: str = "torchrun"
     nproc: int = 0  # processes on this node; 0 = one per visible GPU, or 1 on CPU
     accelerator: str = "auto"  # auto | cpu | cuda; cpu sets DS_ACCELERATOR=cpu and uses gloo
-    master_port: int = 0  # 0 = pick a free port
+    master_port: int = 0  # 0 = pick a free port (one node); several nodes need the same fixed port
     omp_threads: int = 0  # OMP threads per process on CPU; 0 = cores / nproc
+    # several nodes: every node runs the same launcher command with its own node_rank; the run folder
+    # must be on a filesystem every node sees (rank 0 writes data and checkpoints; checked at start)
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"  # node 0's address, reachable from every node
+    rdzv_endpoint: str = ""  # host:port of torchrun's c10d rendezvous instead of master_addr/port (elastic)
+    hostfile: str = ""  # launcher=deepspeed on several nodes: DeepSpeed's hostfile (`host slots=N` lines)
+    dry_run: bool = False  # print the command(s) every node would run, and the sbatch script; start nothing
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 @dataclass

@@ -10,8 +10,13 @@ A save that cannot be written (a full disk, a quota) removes its staging folder 
 `CheckpointWriteError`, a one-line user error that names the checkpoint still intact: freeing space
 and re-running resumes from it. The export is written the same way (`.tmp`, then `os.replace`).
 
-DeepSpeed checkpoints hold partitioned optimizer state and need the same world size to load;
-stages hand each other HF exports instead, which any world size, transformers and vLLM can read.
+A checkpoint also records its topology (`topology.json`: processes, ZeRO stage, accumulation steps), so
+a stage can resume on a different number of processes. Under ZeRO 0-2 DeepSpeed writes its optimizer
+partitions in the elastic layout (`elastic_checkpoint`), which it re-partitions on load; the stage
+keeps the global batch by rescaling the accumulation steps (`resume_grad_accum`), and a rank without
+an RNG file of its own takes rank 0's. ZeRO-3 checkpoints shard the weights too and are refused at a
+new world size, with the way out in the message. Stages hand each other HF exports, which any world
+size, transformers and vLLM can read.
 """
 
 from __future__ import annotations
@@ -73,6 +78,50 @@ def write_failure(what: str, where: Path, error: BaseException, intact: Optional
     )
 
 
+TOPOLOGY = "topology.json"
+
+
+def topology(engine) -> dict:
+    return {
+        "world": int(engine.dp_world_size),
+        "zero_stage": int(engine.zero_optimization_stage()),
+        "grad_accum": int(engine.gradient_accumulation_steps()),
+    }
+
+
+def saved_topology(path: Path) -> Optional[dict]:
+    """The topology a checkpoint was written with (None for checkpoints older than the record)."""
+    file = path / TOPOLOGY
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def resume_grad_accum(ckpt_dir: Path, grad_accum: int, world: int) -> int:
+    """Accumulation steps that keep the global batch of the checkpoint this stage would resume from:
+    `grad_accum` itself unless the world size changed. Raises CheckpointTopologyError when no whole
+    number of steps does."""
+    last = latest(ckpt_dir)
+    saved = saved_topology(last) if last is not None else None
+    if saved is None or saved["world"] == world:
+        return grad_accum
+    rows = saved["world"] * saved["grad_accum"]
+    if saved["zero_stage"] == 3:
+        raise CheckpointTopologyError(
+            f"{last} was written by {saved['world']} processes under ZeRO-3, which shards the weights: resume it "
+            f"with launcher.nproc={saved['world']}, or start a new stage from its weights"
+        )
+    if rows % world:
+        raise CheckpointTopologyError(
+            f"{last} was written by {saved['world']} processes x {saved['grad_accum']} accumulation steps "
+            f"(a global batch of {rows} rows); {world} processes cannot keep it: "
+            f"use a launcher.nproc that divides {rows}"
+        )
+    return rows // world
+
+
+class CheckpointTopologyError(RuntimeError):
+    """A checkpoint cannot be resumed at this world size."""
+
+
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -111,6 +160,8 @@ def save(
         with disk_full(step):
             engine.save_checkpoint(str(staging), tag=tag, save_latest=False)
             state.save(staging / tag, rank)
+            if rank == 0:
+                (staging / tag / TOPOLOGY).write_text(json.dumps(topology(engine), sort_keys=True) + "\n")
             if write_extra is not None and rank == 0:  # stage-specific state, e.g. the RL reference model
                 write_extra(staging / tag)
             maybe_fault("during_save", step)
@@ -137,6 +188,20 @@ def save(
 
 def load(engine, path: Path, rank: int, state_type: type[T]) -> T:
     """Restore weights, optimizer, scheduler, and the stage's state with this rank's RNG."""
+    saved, now = saved_topology(path), topology(engine)
+    if saved is not None and saved["world"] != now["world"]:
+        if saved["zero_stage"] == 3 or now["zero_stage"] == 3:
+            raise CheckpointTopologyError(
+                f"{path} was written by {saved['world']} processes (ZeRO-{saved['zero_stage']}); ZeRO-3 cannot "
+                f"change the world size: resume with launcher.nproc={saved['world']}"
+            )
+        if rank == 0:
+            print(
+                f"resuming {path.name} written by {saved['world']} processes x {saved['grad_accum']} accumulation "
+                f"steps on {now['world']} x {now['grad_accum']} (same global batch; DeepSpeed re-partitions the "
+                "optimizer state)",
+                flush=True,
+            )
     load_path, _ = engine.load_checkpoint(
         str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
     )
@@ -169,6 +234,7 @@ def export_hf(engine, tokenizer, out: Path, rank: int, zero_stage: int, barrier:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             raise write_failure("the export", out.parent, e, latest(out.parent / "checkpoints")) from e
+        maybe_fault("export")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

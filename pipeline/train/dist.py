@@ -32,6 +32,39 @@ class Dist:
         return t.tolist()
 
 
+def _world() -> int:
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+
+def _reduce(values: list[float], op) -> list[float]:
+    if _world() == 1:
+        return list(values)
+    backend = torch.distributed.get_backend()
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if backend == "nccl" else "cpu")
+    torch.distributed.all_reduce(t, op=op)
+    return t.tolist()
+
+
+def all_max(*values: float) -> list[float]:
+    """Element-wise max over every rank (the values themselves on one process)."""
+    return _reduce(list(values), torch.distributed.ReduceOp.MAX if _world() > 1 else None)
+
+
+def all_sum(*values: float) -> list[float]:
+    """Element-wise sum over every rank, for code that holds no `Dist` (update maths, guards)."""
+    return _reduce(list(values), torch.distributed.ReduceOp.SUM if _world() > 1 else None)
+
+
+def all_true(flag: bool) -> bool:
+    """True only if `flag` is True on every rank: ranks that must take the same branch agree on it."""
+    return _reduce([0.0 if flag else 1.0], torch.distributed.ReduceOp.MAX if _world() > 1 else None)[0] == 0.0
+
+
+def world_size() -> int:
+    return _world()
+
+
 def die_with_parent() -> None:
     """Linux: get SIGKILL when the parent process dies, so a killed launcher or torchrun never leaves
     an orphaned trainer writing into the run folder while a resumed attempt runs (PR_SET_PDEATHSIG;
@@ -67,4 +100,11 @@ def init() -> Dist:
     else:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+    folder = os.environ.get("R1_STAGE_DIR")  # set by the launcher (pipeline.run.errors.STAGE_DIR_ENV)
+    if folder:  # several nodes: every rank must see the run folder rank 0 writes
+        from pathlib import Path
+
+        from pipeline.run.cluster import check_shared_folder
+
+        check_shared_folder(Path(folder), rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)), world)
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)

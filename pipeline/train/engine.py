@@ -32,6 +32,8 @@ def deepspeed_config(cfg: DictConfig, world: int, bf16: bool, grad_accum: int) -
     """The DeepSpeed engine config every stage uses; micro-batches are single flattened packed rows."""
     optim, zero_cfg = cfg.stage.optim, cfg.deepspeed
     zero: dict = {"stage": zero_cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
+    if zero_cfg.zero_stage in (1, 2):  # optimizer partitions saved in a layout any world size can load
+        zero["elastic_checkpoint"] = True
     if zero_cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     return {

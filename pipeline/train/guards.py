@@ -8,11 +8,16 @@ rank; under ZeRO 2/3 the loss check alone applies). Then, by `stage.optim.on_non
   move (Adam's moments decay as for a zero gradient, and DeepSpeed's step and schedule counters stay
   in step with the data). The step is counted in the metrics (`nonfinite_skipped`).
 * `stop`: the stage ends with one line saying where, and that the last checkpoint is intact.
+
+On several processes the ranks agree first (`dist.all_true`): one rank's NaN skips the step on all of
+them, so they stay in step and take the same collectives.
 """
 
 from __future__ import annotations
 
 import torch
+
+from pipeline.train.dist import all_true
 
 
 class NonFiniteError(RuntimeError):
@@ -36,7 +41,7 @@ def zero_backward(engine) -> None:
 
 def guarded_step(engine, loss_finite: bool, policy: str, where: str) -> bool:
     """`engine.step()`, unless the loss or the gradients are not finite; returns True if skipped."""
-    if loss_finite and grads_finite(engine):
+    if all_true(loss_finite and grads_finite(engine)):
         engine.step()
         return False
     if policy == "stop":

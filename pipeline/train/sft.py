@@ -58,11 +58,11 @@ def tokenize_rows(rows: list[dict], tokenizer) -> list[Example]:
     return [tokenize_chat(tokenizer, r["messages"]) for r in rows]
 
 
-def plan_data(rows: list[dict], tokenizer, stage: DictConfig, world: int) -> PackedData:
+def plan_data(rows: list[dict], tokenizer, stage: DictConfig, world: int, grad_accum: int) -> PackedData:
     examples = tokenize_rows(rows, tokenizer)
     lengths = [len(e.input_ids) for e in examples]
     plan = build_plan(lengths, stage.pack_length, stage.epochs, stage.seed)
-    rows_per_step = stage.micro_batch_rows * stage.gradient_accumulation_steps * world
+    rows_per_step = stage.micro_batch_rows * grad_accum * world
     total_steps = len(plan) // rows_per_step
     if stage.max_steps is not None:
         total_steps = min(total_steps, stage.max_steps)
@@ -81,7 +81,9 @@ def train_sft(cfg: DictConfig, dist: Dist, init_path: str, rows: list[dict], out
     stage = cfg.stage
     torch.manual_seed(stage.seed)
     model, tokenizer = load_model(init_path, cfg)
-    data = plan_data(rows, tokenizer, stage, dist.world)
+    # a resume on a different number of processes keeps the checkpoint's global batch
+    grad_accum = checkpoint.resume_grad_accum(out_dir / "checkpoints", stage.gradient_accumulation_steps, dist.world)
+    data = plan_data(rows, tokenizer, stage, dist.world, grad_accum)
     trainer = build_engine(
         cfg,
         dist,
@@ -89,7 +91,7 @@ def train_sft(cfg: DictConfig, dist: Dist, init_path: str, rows: list[dict], out
         total_steps=data.total_steps,
         ckpt_dir=out_dir / "checkpoints",
         state_type=TrainState,
-        grad_accum=stage.gradient_accumulation_steps,
+        grad_accum=grad_accum,
     )
     start_step = trainer.state.step
     if dist.is_main:
@@ -131,7 +133,7 @@ def train_steps(
         lr = trainer.scheduler.get_last_lr()[0]
         record = {
             "lr": lr,
-            **sft_step(engine, data, step, dist, stage.gradient_accumulation_steps, stage.optim.on_nonfinite),
+            **sft_step(engine, data, step, dist, engine.gradient_accumulation_steps(), stage.optim.on_nonfinite),
         }
         records.append(record)
         done = step + 1

@@ -61,11 +61,10 @@ def save_state(state, folder: Path, rank: int) -> None:
 
 
 def load_state(state_type: type[T], folder: Path, rank: int) -> T:
+    """A rank the checkpoint did not have (it was written by fewer processes) takes rank 0's RNG: the
+    stages draw nothing that differs by rank from the global RNG (rollout seeds are per request)."""
     rng_file = folder / f"rng_rank{rank}.pt"
     if not rng_file.exists():
-        raise RuntimeError(
-            f"{rng_file} missing: the checkpoint was written with a different world size; "
-            "resume with the same number of processes (launcher.nproc)"
-        )
+        rng_file = folder / "rng_rank0.pt"
     set_rng_state(torch.load(rng_file, weights_only=False))
     return state_type(**json.loads((folder / STATE_FILE).read_text()))

@@ -227,3 +227,40 @@ def test_two_processes_with_zero_sharding_train_and_export(runs, tiny_model_dir,
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert model.model.layers[0].mlp.up_proj.weight.shape == base.model.layers[0].mlp.up_proj.weight.shape
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight.float(), base.model.layers[0].mlp.up_proj.weight)
+
+
+WORLD_TOLERANCE = 1e-4  # relative, on each step's loss: the same global batch reduced in another order
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_a_different_number_of_processes(runs, tiny_model_dir, before, after):
+    """ZeRO-2 (elastic optimizer layout): killed after step 3 with checkpoint 2 on `before` processes, resumed
+    on `after`; the accumulation steps are rescaled so the global batch (2 rows) stays, and every loss
+    matches an uninterrupted run on `before` processes within WORLD_TOLERANCE."""
+    common = ["deepspeed=zero2", "stage.max_steps=4", "stage.gradient_accumulation_steps=" + str(2 // before)]
+    ref = launch(runs, f"ws{before}ref", tiny_model_dir, *common, f"launcher.nproc={before}")
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    name = f"ws{before}to{after}"
+    killed = launch(
+        runs, name, tiny_model_dir, *common, f"launcher.nproc={before}", env_extra={"R1_FAULT": "after_step:3"}
+    )
+    assert killed.returncode != 0
+    resumed = launch(runs, name, tiny_model_dir, *common, f"launcher.nproc={after}")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert (
+        f"written by {before} processes x {2 // before} accumulation steps on {after} x {2 // after}" in resumed.stdout
+    )
+    got, want = losses(runs / name / "stage1"), losses(runs / f"ws{before}ref" / "stage1")
+    assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4]
+    for (step, a), (_, b) in zip(got, want):
+        assert a == pytest.approx(b, rel=WORLD_TOLERANCE), f"step {step}"
+
+
+def test_a_zero3_checkpoint_is_refused_at_another_world_size_with_the_way_out(runs, tiny_model_dir):
+    common = ["deepspeed=zero3", "stage.max_steps=4", "stage.gradient_accumulation_steps=1"]
+    killed = launch(runs, "z3ws", tiny_model_dir, *common, "launcher.nproc=2", env_extra={"R1_FAULT": "after_step:3"})
+    assert killed.returncode != 0
+    p = launch(runs, "z3ws", tiny_model_dir, *common, "launcher.nproc=1")
+    assert p.returncode == 2
+    last = p.stderr.strip().splitlines()[-1]
+    assert "written by 2 processes under ZeRO-3" in last and "launcher.nproc=2" in last, last
