@@ -27,7 +27,7 @@ from pipeline.run.paths import REPO_ROOT
 SLURM_PORT = 29500  # launcher=slurm without launcher.master_port
 # overrides the Slurm task sets itself (the rest of the user's command line is passed on unchanged)
 _SLURM_OWNED = ("launcher=", "launcher.kind=", "launcher.nnodes=", "launcher.node_rank=", "launcher.master_addr=")
-_SLURM_OWNED += ("launcher.master_port=", "launcher.dry_run=", "launcher.slurm.")
+_SLURM_OWNED += ("launcher.master_port=", "launcher.dry_run=", "launcher.slurm.", "launcher.nproc=")
 
 
 def node_launch_line(overrides: list[str], node_rank: int) -> str:
@@ -56,7 +56,7 @@ def slurm_script(cfg, overrides: list[str], folder: Path, acc: str, nproc: int) 
     lines += [f"#SBATCH {opt}" for opt in slurm.extra]
     passed = [o for o in overrides if not o.startswith(_SLURM_OWNED)]
     passed += ["launcher=torchrun", f"launcher.nnodes={launcher.nnodes}", f"launcher.master_port={port}"]
-    passed += [f"launcher.nproc={nproc}"] if not any(o.startswith("launcher.nproc=") for o in overrides) else []
+    passed += [f"launcher.nproc={nproc}"]
     task = (
         f"{shlex.quote(sys.executable)} -m pipeline.run.launch {' '.join(shlex.quote(o) for o in passed)} "
         '"launcher.node_rank=$SLURM_NODEID" "launcher.master_addr=$MASTER_ADDR"'
@@ -84,7 +84,8 @@ def submit_slurm(cfg, overrides: list[str], folder: Path, acc: str, nproc: int) 
         print(f"wrote {path}; submit it with: sbatch {path}")
         return 0
     try:
-        out = subprocess.run(["sbatch", str(path)], capture_output=True, text=True, check=False)
+        wait = ["--wait"] if cfg.launcher.slurm.wait else []
+        out = subprocess.run(["sbatch", *wait, str(path)], capture_output=True, text=True, check=False)
     except FileNotFoundError:
         print(f"error: launcher=slurm: sbatch is not on PATH; the job script is at {path}", file=sys.stderr)
         return 2

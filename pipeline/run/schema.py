@@ -377,6 +377,7 @@ class SlurmConfig:
     cpus_per_task: int = 0  # 0 = no --cpus-per-task line
     extra: list[str] = field(default_factory=list)  # more `#SBATCH` options, e.g. ["--exclusive", "--mem=0"]
     submit: bool = True  # run sbatch on the script (false: write it and print how to submit it)
+    wait: bool = False  # sbatch --wait: return when the job ends, with its exit code (scripts, tests)
 
 
 @dataclass
