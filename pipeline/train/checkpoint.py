@@ -11,11 +11,12 @@ A save that cannot be written (a full disk, a quota) removes its staging folder 
 and re-running resumes from it. The export is written the same way (`.tmp`, then `os.replace`).
 
 A checkpoint also records its topology (`topology.json`: processes, ZeRO stage, accumulation steps), so
-a stage can resume on a different number of processes. Under ZeRO 0-2 DeepSpeed writes its optimizer
-partitions in the elastic layout (`elastic_checkpoint`), which it re-partitions on load; the stage
-keeps the global batch by rescaling the accumulation steps (`resume_grad_accum`), and a rank without
-an RNG file of its own takes rank 0's. ZeRO-3 checkpoints shard the weights too and are refused at a
-new world size, with the way out in the message. Stages hand each other HF exports, which any world
+a stage can resume on a different number of processes: a ZeRO-0 checkpoint holds the whole optimizer
+state and loads as it is; a ZeRO-1/2 one is converted once into DeepSpeed's universal format
+(`universal_for`, `ds_to_universal`), which DeepSpeed re-partitions on load. The stage keeps the global
+batch by rescaling the accumulation steps (`resume_grad_accum`), and a rank without an RNG file of its
+own takes rank 0's. ZeRO-3 checkpoints, and a change of ZeRO stage, are refused with the way out in the
+message. Stages hand each other HF exports, which any world
 size, transformers and vLLM can read.
 """
 
@@ -66,7 +67,13 @@ def _free_space(path: Path) -> str:
 
 
 def write_failure(what: str, where: Path, error: BaseException, intact: Optional[Path]) -> CheckpointWriteError:
-    reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else " ".join(str(error).split())
+    cause: Optional[BaseException] = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno:
+        reason = os.strerror(cause.errno)
+    else:  # torch's zip writer only says "unexpected pos ..." when the kernel refused part of a write
+        reason = "a write was cut short"
     kept = (
         f"checkpoint {intact.name} is intact: free space, then run the same command again to resume from it"
         if intact is not None
@@ -180,30 +187,60 @@ def save(
             shutil.rmtree(final)
         os.replace(staging / tag, final)
         _fsync_dir(ckpt_dir)
+        shutil.rmtree(ckpt_dir / ".universal", ignore_errors=True)  # a world-size change's copy: resumed past it
         for old in complete_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
 
 
-def load(engine, path: Path, rank: int, state_type: type[T]) -> T:
-    """Restore weights, optimizer, scheduler, and the stage's state with this rank's RNG."""
+def universal_for(path: Path, world: int, zero_stage: int, rank: int, barrier: Callable[[], None]) -> Optional[Path]:
+    """Collective. Where DeepSpeed must load `path` from when the world size changed: None when it can
+    load the checkpoint as written (same world size, or ZeRO-0, whose optimizer state is whole), else
+    a universal copy (ZeRO-1/2), converted once by rank 0 with DeepSpeed's `ds_to_universal`."""
+    saved = saved_topology(path)
+    if saved is None or saved["world"] == world:
+        return None
+    if saved["zero_stage"] != zero_stage:
+        raise CheckpointTopologyError(
+            f"{path} was written under ZeRO-{saved['zero_stage']}; resume it with deepspeed=zero{saved['zero_stage']}"
+        )
+    if zero_stage == 3:
+        raise CheckpointTopologyError(
+            f"{path} was written by {saved['world']} processes under ZeRO-3, which shards the weights: resume it "
+            f"with launcher.nproc={saved['world']}, or start a new stage from its weights"
+        )
+    if zero_stage == 0:
+        return None
+    out = path.parent / ".universal" / path.name
+    if rank == 0 and not (out / MARKER).exists():
+        import subprocess
+        import sys
+
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(path)]
+        cmd += ["--output_folder", str(out), "--inject_missing_state", "--num_extract_workers", "1"]
+        done = subprocess.run(cmd + ["--num_merge_workers", "1"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"ds_to_universal failed on {path}: {done.stderr[-2000:]}")
+        (out / MARKER).write_text("{}\n")
+    barrier()
+    return out.parent
+
+
+def load(engine, path: Path, rank: int, state_type: type[T], universal: Optional[Path] = None) -> T:
+    """Restore weights, optimizer, scheduler, and the stage's state with this rank's RNG; `universal`:
+    the folder of the checkpoint's universal copy (`universal_for`), at another world size."""
     saved, now = saved_topology(path), topology(engine)
-    if saved is not None and saved["world"] != now["world"]:
-        if saved["zero_stage"] == 3 or now["zero_stage"] == 3:
-            raise CheckpointTopologyError(
-                f"{path} was written by {saved['world']} processes (ZeRO-{saved['zero_stage']}); ZeRO-3 cannot "
-                f"change the world size: resume with launcher.nproc={saved['world']}"
-            )
-        if rank == 0:
-            print(
-                f"resuming {path.name} written by {saved['world']} processes x {saved['grad_accum']} accumulation "
-                f"steps on {now['world']} x {now['grad_accum']} (same global batch; DeepSpeed re-partitions the "
-                "optimizer state)",
-                flush=True,
-            )
+    if saved is not None and saved["world"] != now["world"] and rank == 0:
+        how = "from a universal copy" if universal is not None else "(ZeRO-0: the optimizer state is whole)"
+        print(
+            f"resuming {path.name} written by {saved['world']} processes x {saved['grad_accum']} accumulation "
+            f"steps on {now['world']} x {now['grad_accum']}, {how}",
+            flush=True,
+        )
     load_path, _ = engine.load_checkpoint(
-        str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(universal or path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")

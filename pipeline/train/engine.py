@@ -32,8 +32,6 @@ def deepspeed_config(cfg: DictConfig, world: int, bf16: bool, grad_accum: int) -
     """The DeepSpeed engine config every stage uses; micro-batches are single flattened packed rows."""
     optim, zero_cfg = cfg.stage.optim, cfg.deepspeed
     zero: dict = {"stage": zero_cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
-    if zero_cfg.zero_stage in (1, 2):  # optimizer partitions saved in a layout any world size can load
-        zero["elastic_checkpoint"] = True
     if zero_cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     return {
@@ -115,15 +113,21 @@ def build_engine(
     import deepspeed
 
     dtype = _training_dtype(cfg, dist, model)
+    last = checkpoint.latest(ckpt_dir)
+    zero = cfg.deepspeed.zero_stage
+    universal = checkpoint.universal_for(last, dist.world, zero, dist.rank, dist.barrier) if last else None
+    ds_config = deepspeed_config(cfg, dist.world, dtype == torch.bfloat16, grad_accum)
+    if universal is not None:  # resuming at another world size from the universal copy
+        ds_config["checkpoint"] = {"load_universal": True}
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg, dist.world, dtype == torch.bfloat16, grad_accum),
+        config=ds_config,
         lr_scheduler=functools.partial(_scheduler, optim=cfg.stage.optim, total_steps=total_steps),
     )
-    state, last = state_type(), checkpoint.latest(ckpt_dir)
+    state = state_type()
     if last is not None:
-        state = checkpoint.load(engine, last, dist.rank, state_type)
+        state = checkpoint.load(engine, last, dist.rank, state_type, universal)
         if dist.is_main:
             print(f"resuming {cfg.stage.name} from {last.name} (step {state.step}/{total_steps})", flush=True)
     return Trainer(engine=engine, scheduler=scheduler, state=state, checkpoint=last, dtype=dtype)

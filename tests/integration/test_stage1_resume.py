@@ -162,7 +162,8 @@ def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(reference
     p = launch(runs, "full", tiny_model_dir, env_extra={"R1_FAULT": "disk_full:4"})
     assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: stage1: could not write checkpoint step_00000004 in "), last
+    assert last.startswith("error: full/stage1: could not write checkpoint step_00000004 in "), last
+    assert "(a write was cut short; " in last and "GiB free there)" in last
     assert "checkpoint step_00000002 is intact" in last and "run the same command again" in last
     assert [c.name for c in complete_checkpoints(stage / "checkpoints")] == ["step_00000002"]
     assert not (stage / "checkpoints" / STAGING).exists()

@@ -132,6 +132,7 @@ def test_a_short_write_is_a_write_failure_and_names_the_checkpoint_that_survived
     (kept / MARKER).write_text("{}")
     message = str(write_failure("checkpoint step_00000004", kept.parent, os_error.value, kept))
     assert "File too large" in message and "GiB free" in message
+    assert "a write was cut short" in str(write_failure("checkpoint x", kept.parent, torch_error.value, kept))
     assert "checkpoint step_00000002 is intact" in message and "resume from it" in message
     none = str(write_failure("the export", tmp_path / "gone", os_error.value, None))
     assert "no earlier checkpoint exists" in none
