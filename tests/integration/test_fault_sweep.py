@@ -1,6 +1,6 @@
 """Kill every stage many times and resume it (`fault_sweep`): outputs equal an uninterrupted run's.
 
-`make test` runs a short sweep of stage-1 and stage-2 (their named kill points plus 2 random kills);
+`make test` runs a short sweep of stage-1 (its named kill points plus one random kill);
 `make test-slow` runs every stage with its named points plus `R1_FAULT_KILLS` (default 20) random kills,
 drawn from `R1_FAULT_SEED` (default: a fresh seed, printed) so that any failure can be replayed.
 """
@@ -34,7 +34,7 @@ def stage1(model: Path) -> StageCase:
         "stage1",
         [f"model.path={model}", "model.name=tiny", "data.num_examples=24", "stage.pack_length=512"]
         + ["stage.max_steps=6", "stage.save_every=2", "stage.keep_last=2", "stage.optim.lr=3e-3"],
-        named=["during_save:4", "after_step:5", "export:1", "manifest:3"],
+        named=["during_save:4", "after_step:5", "export:1", "manifest:2"],
     )
 
 
@@ -105,10 +105,10 @@ def runs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("faults")
 
 
-def test_stage1_and_stage2_survive_their_named_kill_points_and_random_kills(runs, tiny_model_dir, warm_tiny_model_dir):
-    for case in (stage1(tiny_model_dir), stage2(warm_tiny_model_dir)):
-        report = sweep(case, runs / case.stage, kills=2, seed=seed(), compare=exact)
-        assert len(report.kills) == len(case.named) + 2 and report.resumed_exactly == report.runs
+def test_stage1_survives_its_named_kill_points_and_a_random_kill(runs, tiny_model_dir):
+    case = stage1(tiny_model_dir)
+    report = sweep(case, runs / "quick", kills=1, seed=seed(), compare=exact)
+    assert len(report.kills) == len(case.named) + 1 and report.resumed_exactly == report.runs
 
 
 KILLS = int(os.environ.get("R1_FAULT_KILLS", "20"))

@@ -66,6 +66,7 @@ def test_stage1_on_two_nodes_equals_two_processes_on_one(tmp_path, tiny_model_di
     assert not list((tmp_path / "twonodes" / "stage1").glob(".shared_fs_probe"))  # the check cleans up
 
 
+@pytest.mark.slow
 def test_stage2_on_two_nodes_equals_two_processes_on_one(tmp_path, warm_tiny_model_dir):
     pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
     args = [f"stage.init_from={warm_tiny_model_dir}", *TINY_TASK, "stage.steps=2", "stage.prompts_per_step=2"]

@@ -59,7 +59,7 @@ def one(runs, warm_tiny_model_dir):
     return metrics(runs / "one" / "stage2")
 
 
-@pytest.mark.parametrize("zero", [0, 2])
+@pytest.mark.parametrize("zero", [2, pytest.param(0, marks=pytest.mark.slow)])
 def test_two_processes_log_the_one_process_figures(runs, warm_tiny_model_dir, one, zero):
     p = stage2(runs, f"two_z{zero}", warm_tiny_model_dir, 2, f"deepspeed=zero{zero}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -76,6 +76,7 @@ def test_two_processes_log_the_one_process_figures(runs, warm_tiny_model_dir, on
     assert last_two["eval/greedy_accuracy"] == pytest.approx(last_one["eval/greedy_accuracy"], abs=0.25)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_an_rl_checkpoint_resumes_on_a_different_number_of_processes(runs, warm_tiny_model_dir, one, before, after):
     name = f"rl{before}to{after}"

@@ -233,7 +233,7 @@ def test_two_processes_with_zero_sharding_train_and_export(runs, tiny_model_dir,
 WORLD_TOLERANCE = 1e-4  # relative, on each step's loss: the same global batch reduced in another order
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+@pytest.mark.parametrize("before, after", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
 def test_a_checkpoint_resumes_on_a_different_number_of_processes(runs, tiny_model_dir, before, after):
     """ZeRO-2 (elastic optimizer layout): killed after step 3 with checkpoint 2 on `before` processes, resumed
     on `after`; the accumulation steps are rescaled so the global batch (2 rows) stays, and every loss
