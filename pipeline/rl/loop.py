@@ -131,6 +131,7 @@ class GRPOTrainer:
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
             cpu_kv_cache_gb=rollout_cfg.cpu_kv_cache_gb,
             enable_sleep=rollout_cfg.sleep_during_training,
+            sleep_level=rollout_cfg.sleep_level,
         )
 
     # ---- the loop ----

@@ -72,6 +72,7 @@ class VLLMRollout:
         gpu_memory_utilization: float = 0.3,
         cpu_kv_cache_gb: int = 2,
         enable_sleep: bool = False,
+        sleep_level: int = 1,
     ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gb))
@@ -93,6 +94,14 @@ class VLLMRollout:
         )
         if self.cuda:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep)
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            if world > 1:
+                # under torchrun: every rank is one data-parallel replica in its own process, on the GPU
+                # dist.init set for it (vLLM's torchrun_dp_example), instead of all landing on cuda:0;
+                # each rank passes its own prompts, as on CPU
+                kwargs.update(
+                    distributed_executor_backend="external_launcher", tensor_parallel_size=1, data_parallel_size=world
+                )
         else:
             # A prompt whose prefill is split across scheduler steps has its sampled token discarded,
             # and vLLM then rewinds the request's seeded generator with `set_offset`, which CPU
@@ -100,7 +109,7 @@ class VLLMRollout:
             # more prompt tokens than one step's budget crashed). Whole-prompt prefills avoid it.
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(MIN_BATCHED_TOKENS, max_model_len))
         self.llm = LLM(**kwargs)
-        self.enable_sleep = enable_sleep and self.cuda
+        self.enable_sleep, self.sleep_level = enable_sleep and self.cuda, sleep_level
         self.sleeping = False
 
     def generate(
@@ -151,7 +160,7 @@ class VLLMRollout:
     def sleep(self) -> None:
         """Free GPU memory for training (weights are re-pushed after the update anyway)."""
         if self.enable_sleep and not self.sleeping:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=self.sleep_level)
             self.sleeping = True
 
     def wake(self) -> None:

@@ -43,11 +43,13 @@ _STAGE_CHOICES = {
         "stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"},
         "stage.rollout.engine": {"vllm"},
         "stage.tis.mode": {"none", "token", "sequence"},
+        "stage.rollout.sleep_level": {1, 2},
     },
     "align": {
         "stage.aggregation": {"seq_mean", "token_mean", "dr_grpo"},
         "stage.rollout.engine": {"vllm"},
         "stage.tis.mode": {"none", "token", "sequence"},
+        "stage.rollout.sleep_level": {1, 2},
     },
     "rs_sft": {"stage.general.source": {"file", "hub", "none"}, "stage.rollout.engine": {"vllm"}},
 }

@@ -115,6 +115,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.3  # vLLM's share when colocated with training on one GPU
     cpu_kv_cache_gb: int = 2  # VLLM_CPU_KVCACHE_SPACE
     sleep_during_training: bool = True  # GPU: vLLM sleep mode frees its memory while the trainer runs
+    # 1: offload the weights to CPU and drop the KV cache; 2: drop both (the trainer pushes new weights
+    # after every update anyway, so nothing is lost and no CPU copy is made)
+    sleep_level: int = 1
 
 
 @dataclass
