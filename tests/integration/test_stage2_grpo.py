@@ -104,6 +104,17 @@ def test_kill_and_resume_reproduces_the_metrics(reference, runs, warm_tiny_model
     assert metrics(stage) == metrics(reference)
 
 
+def test_a_kill_before_the_first_checkpoint_does_not_log_the_first_eval_twice(reference, runs, warm_tiny_model_dir):
+    """Found by the fault sweep: killed in step 1's rollout, after the step-0 eval was logged, the resumed
+    run evaluated step 0 again and metrics.jsonl held it twice."""
+    p = run_stage2(runs, "early", warm_tiny_model_dir, fault="rollout:1")
+    assert p.returncode != 0
+    assert [r["step"] for r in metrics(runs / "early" / "stage2")] == [0]
+    p = run_stage2(runs, "early", warm_tiny_model_dir)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert metrics(runs / "early" / "stage2") == metrics(reference)
+
+
 def test_grpo_raises_the_reward_of_a_learnable_task(runs, warm_tiny_model_dir):
     """GRPO must learn, not just run. The task a 2-layer model can learn in two minutes is R1-Zero's
     first lesson, the output format (one think block, then a boxed answer), from a policy that gets
