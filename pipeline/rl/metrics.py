@@ -104,9 +104,11 @@ def reduce_over_ranks(metrics: dict) -> dict:
     """
     import torch.distributed as td
 
-    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+    from pipeline.train.dist import world_size
+
+    if world_size() == 1:
         return metrics
-    gathered: list = [None] * td.get_world_size()
+    gathered: list = [None] * world_size()
     td.all_gather_object(gathered, metrics)
     weights = [max(1, m.get("samples", 1)) for m in gathered]
     out = {}

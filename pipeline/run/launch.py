@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -172,9 +173,10 @@ def write_config(cfg, folder: Path, name: str) -> Path:
     return config_path
 
 
-def run_job(cmd: list[str], env: dict, folder: Path) -> int:
+def run_job(cmd: list[str], env: dict, folder: Optional[Path]) -> int:
     """Start the distributed job in its own session; Ctrl-C / kill reach the whole job, not just the
-    launcher. The peak memory of its process tree is printed and kept in the manifest."""
+    launcher. The peak memory of its process tree is printed, and kept in `folder`'s manifest (None:
+    a follower node, which leaves the stage folder to node 0)."""
     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
     monitor = memory.PeakTreeMemory(proc.pid).start()
 
@@ -189,9 +191,9 @@ def run_job(cmd: list[str], env: dict, folder: Path) -> int:
     return rc
 
 
-def record_peak_memory(folder: Path, peak_gib: float, processes: int) -> None:
+def record_peak_memory(folder: Optional[Path], peak_gib: float, processes: int) -> None:
     print(f"peak memory of the job's process tree: {peak_gib:.2f} GiB RSS over {processes} processes", flush=True)
-    manifest = run_lib.read_manifest(folder)
+    manifest = run_lib.read_manifest(folder) if folder is not None else None
     if manifest is not None and peak_gib >= manifest.get("peak_rss_gib", 0.0):  # the largest over attempts
         run_lib.update_manifest(folder, peak_rss_gib=round(peak_gib, 3), peak_rss_processes=processes)
 
@@ -258,8 +260,7 @@ def follow(cfg, folder: Path, name: str) -> int:
         print(" ".join(cmd))
         return 0
     print(f"joining {name} as node {cfg.launcher.node_rank} of {cfg.launcher.nnodes}: {' '.join(cmd[2:])}", flush=True)
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent)
-    return proc.wait()
+    return run_job(cmd, env, None)
 
 
 def dry_run(cfg, overrides: list[str], folder: Path, acc: str, nproc: int) -> int:

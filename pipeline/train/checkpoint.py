@@ -16,8 +16,7 @@ state and loads as it is; a ZeRO-1/2 one is converted once into DeepSpeed's univ
 (`universal_for`, `ds_to_universal`), which DeepSpeed re-partitions on load. The stage keeps the global
 batch by rescaling the accumulation steps (`resume_grad_accum`), and a rank without an RNG file of its
 own takes rank 0's. ZeRO-3 checkpoints, and a change of ZeRO stage, are refused with the way out in the
-message. Stages hand each other HF exports, which any world
-size, transformers and vLLM can read.
+message. Stages hand each other HF exports, which any world size, transformers and vLLM can read.
 """
 
 from __future__ import annotations
@@ -112,10 +111,7 @@ def resume_grad_accum(ckpt_dir: Path, grad_accum: int, world: int) -> int:
         return grad_accum
     rows = saved["world"] * saved["grad_accum"]
     if saved["zero_stage"] == 3:
-        raise CheckpointTopologyError(
-            f"{last} was written by {saved['world']} processes under ZeRO-3, which shards the weights: resume it "
-            f"with launcher.nproc={saved['world']}, or start a new stage from its weights"
-        )
+        raise _zero3_refusal(last, saved)
     if rows % world:
         raise CheckpointTopologyError(
             f"{last} was written by {saved['world']} processes x {saved['grad_accum']} accumulation steps "
@@ -127,6 +123,13 @@ def resume_grad_accum(ckpt_dir: Path, grad_accum: int, world: int) -> int:
 
 class CheckpointTopologyError(RuntimeError):
     """A checkpoint cannot be resumed at this world size."""
+
+
+def _zero3_refusal(path: Path, saved: dict) -> CheckpointTopologyError:
+    return CheckpointTopologyError(
+        f"{path} was written by {saved['world']} processes under ZeRO-3, which shards the weights: resume it "
+        f"with launcher.nproc={saved['world']}, or start a new stage from its weights"
+    )
 
 
 def tag_for(step: int) -> str:
@@ -206,10 +209,7 @@ def universal_for(path: Path, world: int, zero_stage: int, rank: int, barrier: C
             f"{path} was written under ZeRO-{saved['zero_stage']}; resume it with deepspeed=zero{saved['zero_stage']}"
         )
     if zero_stage == 3:
-        raise CheckpointTopologyError(
-            f"{path} was written by {saved['world']} processes under ZeRO-3, which shards the weights: resume it "
-            f"with launcher.nproc={saved['world']}, or start a new stage from its weights"
-        )
+        raise _zero3_refusal(path, saved)
     if zero_stage == 0:
         return None
     out = path.parent / ".universal" / path.name

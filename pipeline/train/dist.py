@@ -26,43 +26,38 @@ class Dist:
             torch.distributed.barrier()
 
     def all_sum(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
-        if self.world > 1:
-            torch.distributed.all_reduce(t)
-        return t.tolist()
+        return all_sum(*values)
 
 
-def _world() -> int:
+def world_size() -> int:
     d = torch.distributed
     return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
-def _reduce(values: list[float], op) -> list[float]:
-    if _world() == 1:
+def _reduce(values: list[float], op: str) -> list[float]:
+    """Element-wise all-reduce (`op`: a ReduceOp name) in float64, on the backend's device; one process:
+    the values themselves."""
+    if world_size() == 1:
         return list(values)
     backend = torch.distributed.get_backend()
     t = torch.tensor(values, dtype=torch.float64, device="cuda" if backend == "nccl" else "cpu")
-    torch.distributed.all_reduce(t, op=op)
+    torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
     return t.tolist()
 
 
 def all_max(*values: float) -> list[float]:
-    """Element-wise max over every rank (the values themselves on one process)."""
-    return _reduce(list(values), torch.distributed.ReduceOp.MAX if _world() > 1 else None)
+    """Element-wise max over every rank."""
+    return _reduce(list(values), "MAX")
 
 
 def all_sum(*values: float) -> list[float]:
-    """Element-wise sum over every rank, for code that holds no `Dist` (update maths, guards)."""
-    return _reduce(list(values), torch.distributed.ReduceOp.SUM if _world() > 1 else None)
+    """Element-wise sum over every rank (also `Dist.all_sum`, for code that holds no `Dist`)."""
+    return _reduce(list(values), "SUM")
 
 
 def all_true(flag: bool) -> bool:
     """True only if `flag` is True on every rank: ranks that must take the same branch agree on it."""
-    return _reduce([0.0 if flag else 1.0], torch.distributed.ReduceOp.MAX if _world() > 1 else None)[0] == 0.0
-
-
-def world_size() -> int:
-    return _world()
+    return _reduce([0.0 if flag else 1.0], "MAX")[0] == 0.0
 
 
 def die_with_parent() -> None:
