@@ -42,7 +42,7 @@ def teacher_dataset(cfg) -> tuple[Path, dict]:
     return path, info
 
 
-def evaluate_student(cfg, export: Path) -> dict:
+def evaluate_student(cfg, export: Path, dist) -> dict:
     from pipeline.data.prompts import load_prompts
     from pipeline.eval.protocol import R1_EVAL_TEMPERATURE, R1_EVAL_TOP_P, evaluate_model
     from pipeline.rl.rewards import RewardContext
@@ -59,6 +59,8 @@ def evaluate_student(cfg, export: Path) -> dict:
             system_prompt=cfg.data.system_prompt,
             seed=stage.seed,
             sampling=Sampling(stage.eval_samples, R1_EVAL_TEMPERATURE, R1_EVAL_TOP_P, stage.eval_max_new_tokens),
+            rank=dist.rank,
+            world=dist.world,  # every rank generates its share of the prompts
         )
     finally:
         ctx.verifier.close()
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     rows = [{"messages": r["messages"]} for r in data_lib.read_jsonl(path)]
     result = train_sft(cfg, dist, student["path"], rows, folder)
+    student_eval = evaluate_student(cfg, folder / "export", dist) if stage.eval_after else {}
     if dist.is_main:
-        student_eval = evaluate_student(cfg, folder / "export") if stage.eval_after else {}
         summary = {
             "steps": result.steps,
             "first_loss": result.first_loss,

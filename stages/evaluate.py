@@ -36,6 +36,7 @@ from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
 from pipeline.run import registry
 from pipeline.run.errors import run_stage
+from pipeline.train import dist as dist_lib
 
 # A generated benchmark has no natural size: `limit: null` generates this many prompts.
 GENERATED_IF_UNLIMITED = 128
@@ -140,8 +141,9 @@ def cached_results(cfg, folder: Path, label: str, src: dict) -> tuple[dict, dict
     return done, todo
 
 
-def evaluate_one(cfg, ctx: RewardContext, src: dict, benchmarks: dict[str, list[dict]], todo: dict, label: str):
-    """Evaluate one model on the benchmarks in `todo`; each result is written as soon as it is done."""
+def evaluate_one(cfg, ctx: RewardContext, src: dict, benchmarks: dict[str, list[dict]], todo: dict, label: str, dist):
+    """Evaluate one model on the benchmarks in `todo`, the prompts sharded over the ranks; rank 0 writes
+    each result as soon as it is done."""
     stage = cfg.stage
     sampling = Sampling(stage.samples, stage.temperature, stage.top_p, stage.max_new_tokens)
     results = {}
@@ -155,11 +157,15 @@ def evaluate_one(cfg, ctx: RewardContext, src: dict, benchmarks: dict[str, list[
         greedy=stage.greedy,
         gpu_memory_utilization=stage.gpu_memory_utilization,
         cpu_kv_cache_gb=stage.cpu_kv_cache_gb,
+        rank=dist.rank,
+        world=dist.world,
     ):
         path, sig = todo[name]
+        results[name] = metrics
+        if not dist.is_main:
+            continue
         data_lib.write_jsonl(rows, path.with_suffix(".rows.jsonl"))
         data_lib.write_json({"signature": sig, "model": src["path"], "benchmark": name, "metrics": metrics}, path)
-        results[name] = metrics
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         print(f"eval: {label} on {name} ({metrics['n']} prompts): {shown}", flush=True)
     return results
@@ -171,18 +177,30 @@ def main(argv: list[str] | None = None) -> int:
     folder = config_lib.stage_dir(cfg)
     models = models_to_evaluate(cfg)
     benchmarks = {name: load_benchmark(name, stage.catalog[name]) for name in stage.benchmarks}
-    run_lib.start_stage(folder, cfg, models={label: src["path"] for label, src in models})
+    dist = dist_lib.init()
+    # every rank reads the cache before rank 0 writes anything, so that all of them take the same work
+    plan = [(label, src, *cached_results(cfg, folder, label, src)) for label, src in models]
+    dist.barrier()
+    if dist.is_main:
+        run_lib.start_stage(folder, cfg, models={label: src["path"] for label, src in models})
     ctx = RewardContext(
         verifier=Verifier(workers=stage.verifier_workers),
         sandbox=sandbox_from(stage.code),
         code_partial_credit=stage.code.partial_credit,
     )
     results: dict[str, dict] = {}
-    for label, src in models:
-        results[label], todo = cached_results(cfg, folder, label, src)
+    for label, src, done, todo in plan:
+        results[label] = done
         if todo:
-            results[label].update(evaluate_one(cfg, ctx, src, benchmarks, todo, label))
+            results[label].update(evaluate_one(cfg, ctx, src, benchmarks, todo, label, dist))
     ctx.verifier.close()
+    if dist.is_main:
+        write_results(cfg, folder, results)
+    return 0
+
+
+def write_results(cfg, folder: Path, results: dict) -> None:
+    stage = cfg.stage
     data_lib.write_json(results, folder / "results.json")
     table = markdown_table(results, list(stage.benchmarks), stage.samples)
     (folder / "results.md").write_text(f"# Evaluation of run `{cfg.run_name}`\n\n{table}")
@@ -193,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         headline=f"{len(results)} models on {list(stage.benchmarks)}",
     )
     print(table, flush=True)
-    return 0
 
 
 if __name__ == "__main__":

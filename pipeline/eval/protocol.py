@@ -74,72 +74,119 @@ def evaluate_prompts(
     seed: int,
     stop_ids: list[int],
     greedy: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[dict, list[dict]]:
     """Metrics over a prompt set and one row per prompt (answers, verdicts) for inspection.
-    `sampling.n` answers per prompt for pass@1 / pass@k / cons@k (0 = greedy only)."""
+    `sampling.n` answers per prompt for pass@1 / pass@k / cons@k (0 = greedy only).
+
+    On `world` processes each rank generates prompts rank, rank + world, ... (sampling seeds follow the
+    prompt's index, so the answers are those of one process), the rows are gathered once, and every
+    rank returns the same metrics and rows, in prompt order."""
+    mine = list(range(rank, len(prompt_ids), world))
+    rows = prompt_rows(
+        rollout,
+        [prompt_ids[i] for i in mine],
+        [records[i] for i in mine],
+        ctx,
+        sampling=sampling,
+        seed=seed,
+        stop_ids=stop_ids,
+        greedy=greedy,
+        indices=mine,
+    )
+    if world > 1:
+        from pipeline.train.dist import all_gather_objects
+
+        rows = [row for _, row in sorted(pair for part in all_gather_objects(list(zip(mine, rows))) for pair in part)]
+    return summarise(rows, sampling, greedy), rows
+
+
+def prompt_rows(
+    rollout, prompt_ids, records, ctx, *, sampling: Sampling, seed, stop_ids, greedy, indices
+) -> list[dict]:
+    """One row per prompt: its answers and every per-prompt figure `summarise` needs. `indices`: the
+    prompts' positions in the whole set (they seed the sampled answers)."""
     rows = [{"id": r["id"], "task": r.get("task"), "gold": r["answer"]} for r in records]
-    metrics: dict = {"n": len(prompt_ids)}
+    if greedy and prompt_ids:
+        _greedy(rollout, prompt_ids, records, ctx, sampling.max_tokens, stop_ids, rows)
+    if sampling.n > 0 and prompt_ids:
+        _sampled(
+            rollout, prompt_ids, records, ctx, sampling, [request_seed(seed, -1, i) for i in indices], stop_ids, rows
+        )
+    return rows
+
+
+def summarise(rows: list[dict], sampling: Sampling, greedy: bool = True) -> dict:
+    """The set's metrics from its rows (so that rows gathered from several ranks give one process's figures)."""
+    metrics: dict = {"n": len(rows)}
     if greedy:
-        metrics.update(_greedy(rollout, prompt_ids, records, ctx, sampling.max_tokens, stop_ids, rows))
-    if sampling.n > 0:
-        metrics.update(_sampled(rollout, prompt_ids, records, ctx, sampling, seed, stop_ids, rows))
-    return metrics, rows
+        metrics.update(
+            greedy_accuracy=_mean(r["greedy_correct"] for r in rows),
+            greedy_format=_mean(r["greedy_format"] for r in rows),
+            greedy_len_mean=_mean(r["greedy_len"] for r in rows),
+        )
+        lenient = [r["lenient"] for r in rows if r["lenient"] is not None]
+        if lenient:
+            metrics["greedy_lenient"] = _mean(lenient)
+    k = sampling.n
+    if k > 0:
+        pass1 = [r["samples_correct"] / k for r in rows]
+        metrics.update(
+            {
+                "pass@1": _mean(pass1),
+                f"pass@{k}": _mean(pass_at_k(k, r["samples_correct"], k) for r in rows),
+                f"cons@{k}": _mean(float(r["cons_correct"]) for r in rows),
+                "sample_format": _mean(r["sample_format"] for r in rows),  # k samples each: the mean over samples
+                "sample_len_mean": _mean(r["sample_len"] for r in rows),
+                "samples": k,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+            }
+        )
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for row, p in zip(rows, pass1):
+            by_task[str(row["task"])].append(p)
+        if len(by_task) > 1:
+            metrics["pass@1_by_task"] = {t: _mean(v) for t, v in sorted(by_task.items())}
+    return metrics
 
 
-def _greedy(rollout, prompt_ids, records, ctx, max_tokens: int, stop_ids, rows: list[dict]) -> dict:
+def _greedy(rollout, prompt_ids, records, ctx, max_tokens: int, stop_ids, rows: list[dict]) -> None:
     outs = rollout.generate(
         prompt_ids, Sampling(1, 0.0, 1.0, max_tokens), seeds=[0] * len(prompt_ids), stop_token_ids=stop_ids
     )
     texts = [g[0].text for g in outs]
     _, parts = score(texts, records, CHECKS, ctx)
     right = correctness(parts)
-    metrics = dict(
-        greedy_accuracy=_mean(right),
-        greedy_format=_mean(parts["format"]),
-        greedy_len_mean=_mean([len(g[0].token_ids) for g in outs]),
-    )
-    lenient = [None if is_code(r) else last_number_correct(t, r["answer"]) for t, r in zip(texts, records)]
-    if any(v is not None for v in lenient):
-        metrics["greedy_lenient"] = _mean(v for v in lenient if v is not None)
-    for row, text, ok in zip(rows, texts, right):
-        row.update(greedy=text, greedy_correct=bool(ok))
-    return metrics
+    for row, text, ok, fmt, out, record in zip(rows, texts, right, parts["format"], outs, records):
+        lenient = None if is_code(record) else last_number_correct(text, record["answer"])
+        row.update(
+            greedy=text,
+            greedy_correct=bool(ok),
+            greedy_format=float(fmt),
+            greedy_len=len(out[0].token_ids),
+            lenient=lenient,
+        )
 
 
-def _sampled(rollout, prompt_ids, records, ctx, sampling: Sampling, seed: int, stop_ids, rows: list[dict]) -> dict:
+def _sampled(rollout, prompt_ids, records, ctx, sampling: Sampling, seeds: list[int], stop_ids, rows) -> None:
     k = sampling.n
-    outs = rollout.generate(
-        prompt_ids, sampling, seeds=[request_seed(seed, -1, i) for i in range(len(prompt_ids))], stop_token_ids=stop_ids
-    )
+    outs = rollout.generate(prompt_ids, sampling, seeds=seeds, stop_token_ids=stop_ids)
     texts = [c.text for g in outs for c in g]
     _, parts = score(texts, [r for r in records for _ in range(k)], CHECKS, ctx)
     accuracy = correctness(parts)
-    pass1, passk, cons = [], [], []
     for i, row in enumerate(rows):
         verdicts = accuracy[i * k : (i + 1) * k]
-        correct = int(sum(verdicts))
-        pass1.append(correct / k)
-        passk.append(pass_at_k(k, correct, k))
         keys = [vote_key(t, records[i]) for t in texts[i * k : (i + 1) * k]]
         voted = majority_vote(keys)
-        cons.append(float(voted >= 0 and verdicts[voted] == 1.0))
-        row.update(samples_correct=correct, voted=keys[voted] if voted >= 0 else None, cons_correct=bool(cons[-1]))
-    metrics = {
-        "pass@1": _mean(pass1),
-        f"pass@{k}": _mean(passk),
-        f"cons@{k}": _mean(cons),
-        "sample_format": _mean(parts["format"]),
-        "sample_len_mean": _mean([len(c.token_ids) for g in outs for c in g]),
-        "samples": k,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-    }
-    by_task: dict[str, list[float]] = defaultdict(list)
-    for row, p in zip(rows, pass1):
-        by_task[str(row["task"])].append(p)
-    if len(by_task) > 1:
-        metrics["pass@1_by_task"] = {t: _mean(v) for t, v in sorted(by_task.items())}
-    return metrics
+        row.update(
+            samples_correct=int(sum(verdicts)),
+            voted=keys[voted] if voted >= 0 else None,
+            cons_correct=bool(voted >= 0 and verdicts[voted] == 1.0),
+            sample_format=_mean(parts["format"][i * k : (i + 1) * k]),
+            sample_len=_mean(len(c.token_ids) for c in outs[i]),
+        )
 
 
 def _mean(xs) -> float:
@@ -158,8 +205,11 @@ def evaluate_model(
     greedy: bool = True,
     gpu_memory_utilization: float = 0.8,
     cpu_kv_cache_gb: int = 2,
+    rank: int = 0,
+    world: int = 1,
 ):
-    """Yield (benchmark, metrics, rows) for each benchmark, with one vLLM engine for the model."""
+    """Yield (benchmark, metrics, rows) for each benchmark, with one vLLM engine for the model (one
+    per rank on several processes, each generating its share of the prompts)."""
     import time
 
     import torch
@@ -191,6 +241,8 @@ def evaluate_model(
                 seed=seed,
                 stop_ids=[tokenizer.eos_token_id],
                 greedy=greedy,
+                rank=rank,
+                world=world,
             )
             metrics["seconds"] = time.perf_counter() - start
             yield name, metrics, rows

@@ -115,7 +115,12 @@ class GRPOTrainer:
                     "(adapters off) and cannot be refreshed; set it >= stage.steps"
                 )
             return lora.AdapterOff(self.engine)
-        reference = copy.deepcopy(self.engine.module).eval().requires_grad_(False)
+        if self.cfg.deepspeed.zero_stage == 3:  # the engine holds shards: a deep copy would hold empty ones
+            reference = load_model(self.init["path"], self.cfg, adapters=False)[0]  # = the policy at step 0
+            reference = reference.to(device=self.dist.device, dtype=self.dtype)
+        else:
+            reference = copy.deepcopy(self.engine.module)
+        reference = reference.eval().requires_grad_(False)
         if resumed_from is not None:
             reference.load_state_dict(load_file(resumed_from / REFERENCE_FILE), strict=False)
         return reference
@@ -149,7 +154,7 @@ class GRPOTrainer:
         keep_until = self.state.step if self.state.step > 0 else -1
         logger = MetricsLogger(self.folder / "metrics.jsonl", self.cfg, keep_until, enabled=dist.is_main)
         history = self._history()
-        if self.state.step == 0 and dist.is_main and stage.eval_every > 0:
+        if self.state.step == 0 and stage.eval_every > 0:  # every rank: the prompts are sharded
             logger.log(0, self.evaluate(0))
         bar = progress_bar(self.cfg, dist.is_main, stage.steps, self.state.step, stage.name)
         while self.state.step < stage.steps:
@@ -157,7 +162,7 @@ class GRPOTrainer:
             step = self.state.step
             if self.task.step_hook is not None:
                 metrics.update(self.task.step_hook(step, metrics, history))
-            if dist.is_main and stage.eval_every > 0 and (step % stage.eval_every == 0 or step == stage.steps):
+            if stage.eval_every > 0 and (step % stage.eval_every == 0 or step == stage.steps):
                 metrics.update(self.evaluate(step))
             logger.log(step, metrics)
             history.append({"step": step, **metrics})
@@ -188,7 +193,9 @@ class GRPOTrainer:
         self.state.step += 1
         refreshable = isinstance(self.reference, torch.nn.Module)  # the LoRA reference is the base, fixed
         if refreshable and self.state.step - self.state.ref_step >= self.stage.ref_update_every:
-            self.reference.load_state_dict(self.engine.module.state_dict())
+            # the policy's weights, gathered under ZeRO-3 (the tied lm_head loads through the embedding)
+            weights = dict(policy_weights(self.engine, self.cfg.deepspeed.zero_stage))
+            self.reference.load_state_dict(weights, strict=False)
             self.state.ref_step = self.state.step
         metrics = reduce_over_ranks(batch_metrics(batch, stats))
         if self.reference is None:  # no KL term: log one only where it was measured
@@ -248,8 +255,9 @@ class GRPOTrainer:
         return per_pool
 
     def evaluate(self, step: int) -> dict:
-        """Held-out greedy accuracy (and pass@1 over `eval_samples` samples) with the current weights;
-        the per-prompt verdicts go to eval/step_<step>.jsonl for the paired test at the end."""
+        """Held-out greedy accuracy (and pass@1 over `eval_samples` samples) with the current weights,
+        the prompts sharded over the ranks (every rank gets the same figures); the per-prompt verdicts
+        go to eval/step_<step>.jsonl for the paired test at the end."""
         stage = self.stage
         sampling = Sampling(stage.eval_samples, stage.eval_temperature, stage.eval_top_p, stage.rollout.max_new_tokens)
         metrics, rows = evaluate_prompts(
@@ -260,8 +268,11 @@ class GRPOTrainer:
             sampling=sampling,
             seed=stage.seed,
             stop_ids=self.stop_ids,
+            rank=self.dist.rank,
+            world=self.dist.world,
         )
-        write_jsonl(rows, self.folder / "eval" / f"step_{step:05d}.jsonl")
+        if self.dist.is_main:
+            write_jsonl(rows, self.folder / "eval" / f"step_{step:05d}.jsonl")
         out = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("n", "samples")}
         tasks = sorted({r["task"] for r in rows if r.get("task")})
         if len(tasks) > 1:

@@ -102,14 +102,11 @@ def reduce_over_ranks(metrics: dict) -> dict:
     lengths) are therefore exact; token means (entropy, logprob gap, TIS weight) are weighted by
     samples rather than tokens, within a few per cent of the token-weighted value.
     """
-    import torch.distributed as td
-
-    from pipeline.train.dist import world_size
+    from pipeline.train.dist import all_gather_objects, world_size
 
     if world_size() == 1:
         return metrics
-    gathered: list = [None] * world_size()
-    td.all_gather_object(gathered, metrics)
+    gathered = all_gather_objects(metrics)
     weights = [max(1, m.get("samples", 1)) for m in gathered]
     out = {}
     for key in {k for m in gathered for k in m}:

@@ -85,10 +85,17 @@ def row_logprobs(
 def packed_logprobs(
     model, samples: list[Sample], temperature: float, device: torch.device, max_tokens: int
 ) -> list[torch.Tensor]:
-    """Per-sample response log-probs over packed rows (used without gradients: old and reference policy)."""
+    """Per-sample response log-probs over packed rows (used without gradients: old and reference policy).
+    A ZeRO-3 model gathers its parameters in every forward, so every rank runs as many as the rank with
+    the most rows, idle one-token forwards included."""
     out: list[torch.Tensor] = [torch.empty(0)] * len(samples)
-    for row in pack_rows(samples, max_tokens):
-        for i, lp in zip(row, row_logprobs(model, [samples[i] for i in row], temperature, device)[0]):
+    rows = pack_rows(samples, max_tokens)
+    passes = int(all_max(float(len(rows)))[0]) if guards.partitioned(model) else len(rows)
+    for r in range(passes):
+        if r >= len(rows):
+            guards.idle_forward(model, device)
+            continue
+        for i, lp in zip(rows[r], row_logprobs(model, [samples[i] for i in rows[r]], temperature, device)[0]):
             out[i] = lp
     return out
 

@@ -60,6 +60,15 @@ def all_true(flag: bool) -> bool:
     return _reduce([0.0 if flag else 1.0], "MAX")[0] == 0.0
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank; one process: `[obj]`."""
+    if world_size() == 1:
+        return [obj]
+    gathered: list = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
 def die_with_parent() -> None:
     """Linux: get SIGKILL when the parent process dies, so a killed launcher or torchrun never leaves
     an orphaned trainer writing into the run folder while a resumed attempt runs (PR_SET_PDEATHSIG;

@@ -34,8 +34,23 @@ def grads_finite(engine) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in grads)
 
 
+def partitioned(model) -> bool:
+    """Are the model's parameters ZeRO-3 partitioned (every forward then gathers them collectively)?"""
+    return any(hasattr(p, "ds_status") for p in getattr(model, "module", model).parameters())
+
+
+def idle_forward(model, device: torch.device):
+    """A one-token forward whose output is discarded: under ZeRO-3 a rank with no rows left runs it so
+    that it takes part in the parameter gathers of the ranks that still have rows."""
+    return model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+
+
 def zero_backward(engine) -> None:
-    """Give every trainable parameter a (zero) gradient through the engine's own backward machinery."""
+    """Give every trainable parameter a (zero) gradient through the engine's own backward machinery.
+    Under ZeRO-3 the parameters are shards outside a forward, so a one-token forward provides them."""
+    if partitioned(engine):
+        engine.backward(idle_forward(engine, engine.device).logits.float().sum() * 0.0)
+        return
     engine.backward(sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0)
 
 

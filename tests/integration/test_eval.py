@@ -73,3 +73,25 @@ def test_humaneval_runs_through_the_sandbox(tmp_path, warm_tiny_model_dir):
     he = m["humaneval"]
     assert he["n"] == 4 and 0.0 <= he["pass@1"] <= he["pass@2"] <= 1.0  # a random tiny model scores ~0
     assert "greedy_lenient" not in he  # no last-number reading for programs
+
+
+def test_eval_on_two_processes_shards_the_prompts_and_equals_one_process(tmp_path, warm_tiny_model_dir):
+    models = f"stage.models=[{warm_tiny_model_dir}]"
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = run_eval(one, models)
+    r2 = run_eval(two, models, "launcher.nproc=2")
+    assert r1.returncode == 0 and r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    name = warm_tiny_model_dir.name
+
+    def result(runs: Path) -> tuple[dict, list[dict]]:
+        folder = runs / "ev" / "eval" / "results" / name
+        metrics = json.loads((folder / "tiny.json").read_text())["metrics"]
+        rows = [json.loads(x) for x in (folder / "tiny.rows.jsonl").read_text().splitlines()]
+        return {k: v for k, v in metrics.items() if k != "seconds"}, rows
+
+    (m1, rows1), (m2, rows2) = result(one), result(two)
+    # per-request seeds follow the prompt's index: the same answers, in the same order, on any world size
+    assert [r["id"] for r in rows2] == [r["id"] for r in rows1]
+    assert [(r["greedy"], r["samples_correct"]) for r in rows2] == [(r["greedy"], r["samples_correct"]) for r in rows1]
+    assert m2 == m1 and m1["n"] == 6
+    assert r2.stdout.count("eval: ") == r1.stdout.count("eval: ")  # rank 0 alone reports and writes

@@ -59,11 +59,17 @@ def one(runs, warm_tiny_model_dir):
     return metrics(runs / "one" / "stage2")
 
 
-@pytest.mark.parametrize("zero", [2, pytest.param(0, marks=pytest.mark.slow)])
+# ZeRO-3: partitioned weights, a reference model built apart from the engine (beta > 0), and ranks with
+# fewer rows running idle forwards so that every rank joins every parameter gather
+@pytest.mark.parametrize("zero", [2, 3, pytest.param(0, marks=pytest.mark.slow)])
 def test_two_processes_log_the_one_process_figures(runs, warm_tiny_model_dir, one, zero):
     p = stage2(runs, f"two_z{zero}", warm_tiny_model_dir, 2, f"deepspeed=zero{zero}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     two = metrics(runs / f"two_z{zero}" / "stage2")
+    # the step-0 held-out eval, sharded over the ranks, scores the init model: the same figures
+    assert {k: v for k, v in two[0].items() if k.startswith("eval/")} == {
+        k: v for k, v in one[0].items() if k.startswith("eval/")
+    }
     first_one, first_two = one[1], two[1]  # step 1: both sample from the same init model
     assert first_two["step"] == first_one["step"] == 1
     for key in SAMPLE_FIGURES:  # the same prompts and per-request seeds: the same samples
@@ -91,3 +97,14 @@ def test_an_rl_checkpoint_resumes_on_a_different_number_of_processes(runs, warm_
         assert resumed[1][key] == pytest.approx(one[1][key], rel=1e-6), key
     # later steps sample from weights updated with another reduction order: close, not bit-equal
     assert resumed[-1]["eval/greedy_accuracy"] == pytest.approx(one[-1]["eval/greedy_accuracy"], abs=0.25)
+
+
+@pytest.mark.slow
+def test_zero3_with_several_minibatches_and_a_measured_kl_does_not_hang(runs, warm_tiny_model_dir):
+    # old-policy and measured-KL forwards of the engine (no gradients) on ranks with unequal rows
+    extra = ("deepspeed=zero3", "stage.num_minibatches=2", "stage.beta=0", "stage.kl_every=1")
+    p = stage2(runs, "z3_minibatches", warm_tiny_model_dir, 2, *extra, "stage.max_tokens_per_forward=64")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    steps = metrics(runs / "z3_minibatches" / "stage2")[1:]
+    assert all(m["kl"] >= 0 for m in steps) and steps[-1]["kl"] > 0  # measured against the init model
+    assert sum(m["padded_passes"] for m in steps) > 0
