@@ -149,10 +149,7 @@ class GRPOTrainer:
                 init=self.init,
                 prompts={**{p.name: len(p.records) for p in self.task.pools}, "eval": len(self.task.eval_records)},
             )
-        # before any checkpoint every record is from an attempt that will be redone, the step-0 eval
-        # included (a kill after it was logged once left it twice in the file)
-        keep_until = self.state.step if self.state.step > 0 else -1
-        logger = MetricsLogger(self.folder / "metrics.jsonl", self.cfg, keep_until, enabled=dist.is_main)
+        logger = MetricsLogger(self.folder / "metrics.jsonl", self.cfg, self.state.step, enabled=dist.is_main)
         history = self._history()
         if self.state.step == 0 and stage.eval_every > 0:  # every rank: the prompts are sharded
             logger.log(0, self.evaluate(0))

@@ -32,13 +32,15 @@ class MetricsLogger:
             )
 
     def _truncate_after(self, step: int) -> None:
-        """A resumed run rewrites the steps after its checkpoint, so drop their old records."""
+        """A resumed run rewrites the steps after its checkpoint, so drop their old records. Before any
+        checkpoint (`step` 0) every record is from an attempt that will be redone, the step-0 eval
+        included: a kill after it was logged once left it twice in the file (RL and the reward models)."""
         if not self.path.exists():
             return
         keep = [
             line
             for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
+            if line.strip() and step > 0 and json.loads(line).get("step", 0) <= step
         ]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))

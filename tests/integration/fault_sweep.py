@@ -146,7 +146,8 @@ def outputs(folder: Path) -> dict:
         rel = str(path.relative_to(folder))
         if "wandb" in rel or rel.startswith("checkpoints") or ".old-" in rel:
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
         out[rel] = _strip_timing(rows)
     for w in sorted(folder.glob("export/*.safetensors")):
         from safetensors.torch import load_file

@@ -52,7 +52,8 @@ def stage3(model: Path) -> StageCase:
     return StageCase(
         "stage3",
         [f"stage.init_from={model}", f"stage.sft_init_from={model}", "data.num_examples=24", "stage.shard_size=8"]
-        + ["stage.samples_per_prompt=4", "stage.rollout.max_new_tokens=32", "stage.pack_length=256"]
+        + ["stage.samples_per_prompt=8", "stage.rollout.max_new_tokens=32", "stage.pack_length=256"]
+        + ["stage.rollout.temperature=1.0", "stage.rollout.top_p=1.0"]  # as test_stage3_rs: some samples kept
         + ["stage.optim.lr=1e-4", "stage.save_every=1", "stage.general.ratio=0.5", *TINY_TASK],
         named=["shard_write:2", "after_shard:1", "during_save:1", "export:1"],
     )
@@ -72,7 +73,8 @@ def stage4(model: Path, rm: Path) -> StageCase:
         [f"stage.init_from={model}", "stage.steps=4", "stage.prompts_per_step=2", "stage.group_size=4"]
         + ["stage.general_prompts_per_step=2", "stage.general_last_steps=2", "stage.rollout.max_new_tokens=32"]
         + [f"stage.reward_models.helpfulness={rm}", f"stage.reward_models.harmlessness={rm}"]
-        + ["stage.eval_every=4", "stage.save_every=1", "stage.optim.lr=1e-4", "stage.watch_window=2", *TINY_TASK],
+        + ["stage.eval_every=4", "stage.save_every=1", "stage.optim.lr=1e-4", "stage.watch_window=2", *TINY_TASK]
+        + ["data.num_examples=16", "data.eval_examples=4"],
         named=["rollout:3", "during_save:2"],
     )
 
