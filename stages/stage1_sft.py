@@ -19,7 +19,7 @@ from pipeline.data import sources as data_lib
 from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
 from pipeline.run.errors import run_stage
-from pipeline.run.paths import absolute
+from pipeline.run.hub import input_path
 from pipeline.train import dist as dist_lib
 from pipeline.train.sft import train_sft
 
@@ -34,7 +34,7 @@ def prepare_data(cfg, folder, is_main: bool, barrier) -> tuple[list[dict], dict]
         digest = data_lib.write_jsonl(rows, path)
         source = {"source": cfg.data.source}
         if cfg.data.source == "file":
-            src = absolute(cfg.data.path)
+            src = input_path(cfg.data.path, "data.path")
             source.update(path=str(src), sha256=data_lib.sha256_file(src))
         elif cfg.data.source == "hub":
             source.update(hub_id=cfg.data.hub_id, split=cfg.data.split)

@@ -50,7 +50,7 @@ from pipeline.run import config as config_lib
 from pipeline.run import folders as run_lib
 from pipeline.run.errors import run_stage
 from pipeline.run.faults import maybe_fault
-from pipeline.run.paths import absolute
+from pipeline.run.hub import input_path
 from pipeline.train import dist as dist_lib
 from pipeline.train.metrics import progress_bar
 from pipeline.train.sft import train_sft
@@ -134,11 +134,12 @@ def open_sampler(cfg, dist, model_path: str) -> Sampler:
         dtype=dtype,
         gpu_memory_utilization=stage.rollout.gpu_memory_utilization,
         cpu_kv_cache_gb=stage.rollout.cpu_kv_cache_gb,
+        tensor_parallel_size=stage.rollout.tensor_parallel_size,
     )
     judge = None
     if stage.judge.model:
         judge = Judge(
-            str(absolute(stage.judge.model)),
+            str(input_path(stage.judge.model, "stage.judge.model")),
             max_new_tokens=stage.judge.max_new_tokens,
             max_model_len=stage.judge.max_model_len,
             seed=stage.seed,

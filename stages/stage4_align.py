@@ -36,7 +36,7 @@ from pipeline.rl.watch import general_prompts_at, hacking_watch
 from pipeline.run import config as config_lib
 from pipeline.run import folders
 from pipeline.run.errors import run_stage
-from pipeline.run.paths import absolute
+from pipeline.run.hub import input_path
 from pipeline.train import dist as dist_lib
 
 # The general pool's prompt order and sampling seeds are offset from the reasoning pool's by a large
@@ -46,7 +46,7 @@ GENERAL_POOL_SEED_OFFSET = 1_000_003
 
 def general_prompts(path: str) -> list[dict]:
     """The first user turn of each chat row: prompts with no gold answer, scored by reward models."""
-    p = absolute(path)
+    p = input_path(path)
     if not p.exists():
         raise DataError(f"config key 'stage.general_path': file not found: {p}")
     out = []

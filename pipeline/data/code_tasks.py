@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from pipeline.data.sources import DataError, iter_jsonl
-from pipeline.run.paths import absolute
+from pipeline.run.hub import input_path
 
 CODE_SYSTEM_PROMPT = (
     "Think step by step inside <think> </think>, then give the complete Python function in a ```python code block."
@@ -204,7 +204,7 @@ def code_record(row: dict, where: str) -> dict:
 
 
 def iter_code_file(path: str, limit: Optional[int] = None) -> Iterator[dict]:
-    p = absolute(path)
+    p = input_path(path)
     if not p.exists():
         raise DataError(f"code prompts: file not found: {p}")
     for n, (lineno, row) in enumerate(iter_jsonl(p)):

@@ -21,7 +21,8 @@ import random
 from pathlib import Path
 
 from pipeline.data.sources import DataError, iter_jsonl
-from pipeline.run.paths import REPO_ROOT, absolute
+from pipeline.run.hub import input_path
+from pipeline.run.paths import REPO_ROOT
 
 ASSETS = REPO_ROOT / "pipeline" / "assets"
 EVASIVE = [
@@ -68,7 +69,7 @@ def load_preferences(objective: str, path: str | None, seed: int = 0) -> list[di
     """Rows for `objective` (pairwise | pointwise), from `path` or the embedded set; checked field by field."""
     if path is None:
         return embedded_helpfulness(seed) if objective == "pairwise" else embedded_harmlessness()
-    p = absolute(path)
+    p = input_path(path)
     if not p.exists():
         raise DataError(f"config key 'stage.data_path': file not found: {p}")
     need = ("prompt", "chosen", "rejected") if objective == "pairwise" else ("prompt", "response", "safe")

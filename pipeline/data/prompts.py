@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from pipeline.data.code_tasks import PROJECT_TASKS, iter_code_file
 from pipeline.data.sources import DataError, iter_jsonl
-from pipeline.run.paths import absolute
+from pipeline.run.hub import input_path
 
 
 def iter_reasoning_gym(tasks: list[str], seed: int, size: int, task_kwargs: dict | None = None) -> Iterator[dict]:
@@ -71,7 +71,7 @@ def gsm8k_answer(text: str) -> str:
 
 def iter_file(path: str, question_field: str, answer_field: str, limit: int | None = None) -> Iterator[dict]:
     """Prompts from JSONL, streamed line by line (the file may be far larger than memory)."""
-    p = absolute(path)
+    p = input_path(path)
     if not p.exists():
         raise DataError(f"config key 'data.path': file not found: {p}")
     n = 0
@@ -98,7 +98,7 @@ def iter_file(path: str, question_field: str, answer_field: str, limit: int | No
 def file_prompts(path: str, question_field: str, answer_field: str, limit: int | None = None) -> list[dict]:
     out = list(iter_file(path, question_field, answer_field, limit))
     if not out:
-        raise DataError(f"{absolute(path)}: no prompts")
+        raise DataError(f"{input_path(path)}: no prompts")
     return out
 
 
@@ -152,7 +152,7 @@ def count_prompts(cfg: DictConfig, split: str = "train") -> int:
     if cfg.source == "reasoning_gym":
         return cfg.num_examples if split == "train" else cfg.eval_examples
     if cfg.source in ("file", "code_file"):
-        path = absolute(cfg.path if split == "train" else cfg.eval_path)
+        path = input_path(cfg.path if split == "train" else cfg.eval_path)
         limit = cfg.max_examples if split == "train" else cfg.eval_examples
         with open(path, "rb") as f:
             n = sum(1 for line in f if line.strip())

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.data.r1format import is_r1_format
-from pipeline.run.paths import absolute
+from pipeline.run.hub import input_path
 
 
 class DataError(ValueError):
@@ -67,7 +67,7 @@ def _read_parquet(path: Path) -> list[tuple[str, dict]]:
 def load_file(cfg: DictConfig) -> list[dict]:
     if not cfg.path:
         raise DataError("config key 'data.path': required for data.source=file")
-    path = absolute(cfg.path)
+    path = input_path(cfg.path, "data.path")
     if not path.exists():
         raise DataError(f"config key 'data.path': file not found: {path}")
     reader = _read_parquet if path.suffix == ".parquet" else _read_jsonl

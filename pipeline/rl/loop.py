@@ -137,6 +137,7 @@ class GRPOTrainer:
             cpu_kv_cache_gb=rollout_cfg.cpu_kv_cache_gb,
             enable_sleep=rollout_cfg.sleep_during_training,
             sleep_level=rollout_cfg.sleep_level,
+            tensor_parallel_size=rollout_cfg.tensor_parallel_size,
         )
 
     # ---- the loop ----
@@ -175,6 +176,7 @@ class GRPOTrainer:
     def rl_step(self) -> dict:
         """One RL step: rollouts for every pool, one update on them, weight sync, reference refresh."""
         start = time.perf_counter()
+        sleep_wake_before = self.rollout.sleep_wake_seconds
         per_pool = self._generate()
         batch = merge([b for _, b in per_pool])
         maybe_fault("rollout", self.state.step + 1)
@@ -206,6 +208,7 @@ class GRPOTrainer:
             time_score=batch.score_seconds,
             time_train=trained - generated,
             time_sync=synced - trained,
+            time_sleep_wake=self.rollout.sleep_wake_seconds - sleep_wake_before,
             rollout_tok_per_s=gen_tokens / max(batch.gen_seconds, 1e-9),
             step_seconds=synced - start,
             prompts_drawn=batch.prompts_drawn,

@@ -18,13 +18,22 @@ from typing import Optional
 from pipeline.data.sources import DataError
 from pipeline.run.config import ConfigError
 from pipeline.run.folders import InputError
+from pipeline.run.hub import HubInputError
 from pipeline.train.checkpoint import CheckpointTopologyError, CheckpointWriteError
 from pipeline.train.guards import NonFiniteError
 
 # What resuming alone cannot fix: bad config, inputs or data, a run stopped on a NaN by request, and a
 # checkpoint that could not be written (its message says which checkpoint to resume from once there is space),
 # and one that cannot be resumed at this world size (its message says with how many processes it can).
-USER_ERRORS = (ConfigError, InputError, DataError, NonFiniteError, CheckpointWriteError, CheckpointTopologyError)
+USER_ERRORS = (
+    ConfigError,
+    InputError,
+    HubInputError,
+    DataError,
+    NonFiniteError,
+    CheckpointWriteError,
+    CheckpointTopologyError,
+)
 ERROR_FILE = "error.txt"
 STAGE_DIR_ENV = "R1_STAGE_DIR"  # set by the launcher: where a stage leaves its user error
 USER_ERROR_EXIT = 2

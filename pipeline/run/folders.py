@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from pipeline.run.config import Config, ConfigError, stage_dir
 from pipeline.run.faults import maybe_fault
+from pipeline.run.hub import input_path
 from pipeline.run.paths import absolute
 from pipeline.run.registry import make_target
 
@@ -77,7 +78,7 @@ def resolve_init(cfg: DictConfig, key: str = "init_from") -> dict:
 def resolve_source(cfg: DictConfig, src: str, key: str, who: str) -> dict:
     """A model named by "base", a stage name of this run (via its manifest), or an HF folder path."""
     if src == "base":
-        path = absolute(cfg.model.path)
+        path = input_path(cfg.model.path, "model.path")
         if not (path / "config.json").exists():
             hint = "run `make setup` first" if cfg.model.name.startswith("smollm2") else "check model.path"
             raise InputError(f"base model not found at {path} (config key 'model.path'); {hint}")
@@ -103,7 +104,7 @@ def resolve_source(cfg: DictConfig, src: str, key: str, who: str) -> dict:
                 f"{parent / MANIFEST} names export {export}, which is missing; re-run `{how} ARGS=force=true`"
             )
         return {"kind": "stage", "stage": src, "path": str(export), "manifest": str(parent / MANIFEST)}
-    path = absolute(src)
+    path = input_path(src, key)
     if not (path / "config.json").exists():
         raise InputError(f"config key '{key}': {path} is not an HF model folder (no config.json)")
     _check_tokenizer(path, key)

@@ -131,6 +131,12 @@ def check_inputs(cfg, nproc: int = 1) -> None:
         from pipeline.data.sources import load_rows
 
         load_rows(cfg.data)  # a malformed row fails here, naming file and line, not inside the job
+    tp = OmegaConf.select(cfg, "stage.rollout.tensor_parallel_size", default=1)
+    if nproc > 1 and nproc % tp:
+        raise config_lib.ConfigError(
+            f"config key 'stage.rollout.tensor_parallel_size': {tp} GPUs per vLLM engine do not divide the "
+            f"{nproc} processes"
+        )
     if cfg.stage.kind in ("grpo", "align") and cfg.stage.prompts_per_step % nproc:
         raise config_lib.ConfigError(
             f"config key 'stage.prompts_per_step': {cfg.stage.prompts_per_step} prompts per step do not "

@@ -118,6 +118,9 @@ class RolloutConfig:
     # 1: offload the weights to CPU and drop the KV cache; 2: drop both (the trainer pushes new weights
     # after every update anyway, so nothing is lost and no CPU copy is made)
     sleep_level: int = 1
+    # GPUs one vLLM engine is sharded over, for a model that does not fit one GPU beside the trainer:
+    # each group of this many consecutive ranks shares one engine (they generate their prompts together)
+    tensor_parallel_size: int = 1
 
 
 @dataclass

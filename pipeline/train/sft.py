@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.data.packing import Example, build_plan, collate, tokenize_chat
+from pipeline.data.sources import DataError
 from pipeline.run import faults
 from pipeline.run.faults import maybe_fault
 from pipeline.train import checkpoint, guards
@@ -67,9 +68,10 @@ def plan_data(rows: list[dict], tokenizer, stage: DictConfig, world: int, grad_a
     if stage.max_steps is not None:
         total_steps = min(total_steps, stage.max_steps)
     if total_steps == 0:
-        raise ValueError(
-            f"{len(examples)} examples make {len(plan)} packed rows, fewer than one optimizer "
-            f"step needs ({rows_per_step}); add data or lower stage.gradient_accumulation_steps"
+        raise DataError(
+            f"{len(examples)} examples make {len(plan)} packed rows, fewer than one optimizer step needs "
+            f"({rows_per_step} = stage.micro_batch_rows {stage.micro_batch_rows} x gradient accumulation "
+            f"{grad_accum} x {world} processes); add data or lower stage.gradient_accumulation_steps"
         )
     return PackedData(
         examples, plan, stage.micro_batch_rows, rows_per_step, total_steps, sum(n > stage.pack_length for n in lengths)

@@ -95,3 +95,46 @@ def test_eval_on_two_processes_shards_the_prompts_and_equals_one_process(tmp_pat
     assert [(r["greedy"], r["samples_correct"]) for r in rows2] == [(r["greedy"], r["samples_correct"]) for r in rows1]
     assert m2 == m1 and m1["n"] == 6
     assert r2.stdout.count("eval: ") == r1.stdout.count("eval: ")  # rank 0 alone reports and writes
+
+
+def test_eval_reads_a_hub_model_and_a_hub_benchmark_offline(tmp_path, warm_tiny_model_dir):
+    """Issue 15: hub ids where paths go, from a hub cache laid out here, with HF_HUB_OFFLINE=1."""
+    import shutil
+
+    sha = "0" * 40
+    cache = tmp_path / "hub"
+    model = cache / "models--org--tiny" / "snapshots" / sha
+    shutil.copytree(warm_tiny_model_dir, model)
+    bench = cache / "datasets--org--sums" / "snapshots" / sha / "test.jsonl"
+    bench.parent.mkdir(parents=True)
+    bench.write_text(
+        "".join(json.dumps({"question": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(4))
+    )
+    for repo in ("models--org--tiny", "datasets--org--sums"):
+        (cache / repo / "refs").mkdir()
+        (cache / repo / "refs" / "main").write_text(sha)
+    catalog = "+stage.catalog.sums={source: file, path: 'hf://datasets/org/sums/test.jsonl', limit: 4}"
+    r = launch_stage(
+        "eval",
+        tmp_path / "runs",
+        "ev",
+        "stage.models=[org/tiny]",
+        "stage.benchmarks=[sums]",
+        catalog,
+        "stage.samples=0",
+        "stage.max_new_tokens=16",
+        env_extra={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)},
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "ev" / "eval" / "results.json").read_text())
+    assert results["tiny"]["sums"]["n"] == 4
+    r = launch_stage(
+        "eval",
+        tmp_path / "runs",
+        "ev2",
+        "stage.models=[org/absent]",
+        env_extra={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)},
+    )
+    assert r.returncode != 0
+    last = (r.stdout + r.stderr).strip().splitlines()[-1]
+    assert "org/absent: not in the local Hugging Face cache" in last and "hf download org/absent" in last

@@ -88,3 +88,24 @@ def test_second_pipeline_skips_finished_stages_and_reuses_eval(first_run):
     assert {s: (run / s / "manifest.json").stat().st_mtime_ns for s in STAGES} == before
     assert p.stdout.count(": cached (") == 5  # base + 4 stages, nothing generated again
     assert seconds < 240, seconds
+
+
+def test_every_stage_runs_on_two_processes(first_run, tmp_path):
+    """Issue 15: the whole pipeline on 2 processes (gloo): stage-3 shards its sampling over the ranks and
+    then trains, the reward models and stage-4 train data-parallel, eval shards its prompts."""
+    _, args, _ = first_run
+    two = args.replace("run_name=p", "run_name=p2").replace(f"runs_dir={first_run[0].parent}", f"runs_dir={tmp_path}")
+    p = make("pipeline", two + " launcher.nproc=2")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    run = tmp_path / "p2"
+    for stage in STAGES:
+        manifest = json.loads((run / stage / "manifest.json").read_text())
+        assert manifest["status"] == "complete", stage
+        assert "nproc: 2" in Path(manifest["config"]).read_text(), stage
+    shards = sorted((run / "stage3" / "data" / "shards").glob("shard_*.stats.json"))
+    assert len(shards) >= 2  # both ranks sampled
+    one = json.loads((first_run[0] / "eval" / "results.json").read_text())
+    both = json.loads((run / "eval" / "results.json").read_text())
+    assert list(both) == list(one)
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    assert strip(both["base"]["heldout"]) == strip(one["base"]["heldout"])  # the same model: the same figures

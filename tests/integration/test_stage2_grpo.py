@@ -15,7 +15,15 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING = {"time_generate", "time_score", "time_train", "time_sync", "step_seconds", "rollout_tok_per_s"}
+TIMING = {
+    "time_generate",
+    "time_score",
+    "time_train",
+    "time_sync",
+    "time_sleep_wake",
+    "step_seconds",
+    "rollout_tok_per_s",
+}
 
 
 SMALL = {

@@ -21,6 +21,7 @@ TIMING = {
     "time_score",
     "time_train",
     "time_sync",
+    "time_sleep_wake",
     "step_seconds",
     "rollout_tok_per_s",
     "time_score/reasoning",
