@@ -78,6 +78,7 @@ def test_two_processes_log_the_one_process_figures(runs, warm_tiny_model_dir, on
         assert first_two[key] == pytest.approx(first_one[key], rel=0.05, abs=1e-4), key
     assert sum(m.get("padded_passes", 0) for m in two) > 0  # unequal rows happened, and nothing hung
     assert [m["step"] for m in two] == [m["step"] for m in one]
+    assert [set(m) for m in two] == [set(m) for m in one]  # the same keys on any number of processes
     last_one, last_two = one[-1], two[-1]
     assert last_two["eval/greedy_accuracy"] == pytest.approx(last_one["eval/greedy_accuracy"], abs=0.25)
 
