@@ -8,7 +8,7 @@ CACHE_DIR ?= $(if $(R1_CACHE_DIR),$(R1_CACHE_DIR),.cache)
 INSTALLED := $(VENV)/.installed
 BASE_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct/.complete
 
-.PHONY: help gpu-check lint format bench bench-rl-update bench-reward-attacks setup pipeline status report distill stage-1 stage-2 stage-3 train-rm stage-4 eval test test-slow slurm-local test-unit test-integration clean-runs
+.PHONY: help gpu-check test-faults lint format bench bench-rl-update bench-reward-attacks setup pipeline status report distill stage-1 stage-2 stage-3 train-rm stage-4 eval test test-slow slurm-local test-unit test-integration clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ test-slow: setup  ## slow CPU tiers: stage-2 memory budget on the embedded model
 
 gpu-check:  ## on a CUDA machine: gpu-marked tests + a short bf16 pipeline, then the GPU figures (<= 8 min); ARGS="--model DIR"
 	$(if $(wildcard $(PY)),$(PY),python3) scripts/gpu_check.py $(ARGS)
+
+test-faults: setup  ## the fault-injection sweep of every stage (slow tier): R1_FAULT_KILLS=20 random kills each, R1_FAULT_SEED replays
+	$(PY) -m pytest -q -s -m "slow and not gpu" tests/integration/test_fault_sweep.py $(ARGS)
 
 slurm-local:  ## start a one-node Slurm cluster on this machine (root, Debian slurm-wlm) for the real sbatch test
 	scripts/local_slurm.sh

@@ -1,7 +1,10 @@
 """Peak memory (RSS of the whole process tree: launcher, trainers, vLLM, verifier and sandbox workers) of
 every stage on the embedded default model, at the default batch sizes, for a few steps.
 
-    .venv/bin/python scripts/stage_memory.py [run_name]     # -> runs/<run_name>/memory.md
+    .venv/bin/python scripts/stage_memory.py [run_name] [sampler]    # -> runs/<run_name>/memory.md
+
+`sampler`: an HF folder stage-3 samples from and fine-tunes (default: this run's stage-2 export, which
+after 4 stage-1 steps keeps no samples; a full stage-1 export, e.g. runs/<run>/stage1/export, does).
 
 Each stage runs through the launcher as `make stage-N` does, from the previous stage's export; steps are
 cut (the peak is reached in the first steps: the model, optimizer state, vLLM's KV cache and one batch)
@@ -21,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = [  # (stage, overrides that only shorten it)
     ("stage1", ["stage.max_steps=4"]),
     ("stage2", ["stage.steps=2", "stage.eval_every=0"]),
-    ("stage3", ["stage.max_prompts=24", "stage.max_steps=4"]),
+    ("stage3", ["stage.max_prompts=64", "stage.max_steps=4"]),
     ("rm_helpful", ["stage.epochs=1"]),
     ("rm_safety", ["stage.epochs=1"]),
     ("stage4", ["stage.steps=2", "stage.eval_every=0"]),
@@ -32,8 +35,10 @@ STAGES = [  # (stage, overrides that only shorten it)
 
 def main() -> int:
     run = sys.argv[1] if len(sys.argv) > 1 else "memory"
+    sampler = [f"stage.init_from={sys.argv[2]}", f"stage.sft_init_from={sys.argv[2]}"] if len(sys.argv) > 2 else []
     rows = []
     for stage, extra in STAGES:
+        extra = extra + (sampler if stage == "stage3" else [])
         start = time.perf_counter()
         cmd = [sys.executable, "-m", "pipeline.run.launch", f"stage={stage}", f"run_name={run}", "logger=none"]
         p = subprocess.run(cmd + extra, cwd=REPO)

@@ -140,3 +140,20 @@ def test_stage4_resumes_exactly_after_a_kill(stage4, runs, rms, warm_tiny_model_
     p = launch(runs, "s4k", *stage4_args(warm_tiny_model_dir, rms))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert metrics(runs / "s4k" / "stage4", TIMING) == metrics(stage4, TIMING)
+
+
+@pytest.mark.parametrize("zero", [3, pytest.param(2, marks=pytest.mark.slow)])
+def test_stage4_on_two_processes_samples_what_one_process_samples(runs, rms, warm_tiny_model_dir, stage4, zero):
+    """Issue 15: stage-4 data-parallel under ZeRO-2 and ZeRO-3 (beta > 0 under ZeRO-3: the reference
+    model is built apart from the partitioned engine); step 1 samples and scores the same batch as one
+    process, reward models included."""
+    extra = [f"deepspeed=zero{zero}", "launcher.nproc=2"] + (["stage.beta=0.001"] if zero == 3 else [])
+    p = launch(runs, f"s4_two_z{zero}", *stage4_args(warm_tiny_model_dir, rms), *extra)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    one, two = metrics(stage4), metrics(runs / f"s4_two_z{zero}" / "stage4")
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for key in ("reward", "reward/accuracy", "response_len_mean", "samples"):
+        assert two[1][key] == pytest.approx(one[1][key], rel=1e-6), key
+    assert two[3]["samples/general"] == one[3]["samples/general"] == 8
+    if zero == 3:
+        assert all(r["kl"] >= 0 for r in two[2:]) and two[-1]["kl"] > 0  # the reference is exercised
