@@ -88,6 +88,10 @@ class AdapterOff:
     def __init__(self, engine):
         self.engine = engine
 
+    @property
+    def module(self):  # the engine's model: `guards.partitioned` looks here for ZeRO-3 shards
+        return self.engine.module
+
     def __call__(self, **kwargs):
         with self.engine.module.disable_adapter():
             return self.engine(**kwargs)
