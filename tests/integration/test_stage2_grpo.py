@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_TASK, launch_stage
+from conftest import RL_TIMING, TINY_TASK, launch_stage
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING = {
-    "time_generate",
-    "time_score",
-    "time_train",
-    "time_sync",
-    "time_sleep_wake",
-    "step_seconds",
-    "rollout_tok_per_s",
-}
+TIMING = set(RL_TIMING)
 
 
 SMALL = {

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TASK, launch_stage
+from conftest import RL_TIMING, TINY_TASK, launch_stage
 
 from pipeline.data.preferences import EVASIVE, embedded_helpfulness
 
@@ -16,17 +16,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING = {
-    "time_generate",
-    "time_score",
-    "time_train",
-    "time_sync",
-    "time_sleep_wake",
-    "step_seconds",
-    "rollout_tok_per_s",
-    "time_score/reasoning",
-    "time_score/general",
-}
+TIMING = RL_TIMING | {"time_score/reasoning", "time_score/general"}
 
 
 def launch(runs: Path, name: str, stage: str, *args: str, fault: str | None = None):
