@@ -71,7 +71,7 @@ format: setup  ## ruff: fix what it can and format the tree
 	$(VENV)/bin/ruff format .
 
 test: setup  ## all tests: CPU unit tests + integration (real stage-1 on a tiny model, kill + resume)
-	$(PY) -m pytest -q -m "not gpu and not slow" tests $(ARGS)
+	$(PY) -m pytest -q --durations=20 -m "not gpu and not slow" tests $(ARGS)
 
 test-slow: setup  ## slow CPU tiers: stage-2 memory budget on the embedded model, the fault-injection sweep
 	$(PY) -m pytest -q -m "slow and not gpu" tests $(ARGS)

@@ -10,7 +10,10 @@ Results are incremental: `results/<model>/<benchmark>.json` holds the metrics wi
 everything that determines them (model path and weights' mtime, benchmark, sampling), and a
 re-run reuses every result whose signature matches, so adding a model or benchmark evaluates only
 that, and a killed eval loses at most the pair it was on. `results.json` and `results.md` (a
-table with one row per model) are rewritten at the end of every run.
+table with one row per model) are rewritten at the end of every run. With two or more models and
+greedy answers, `paired.json` (and a section of results.md) compares every model with the first,
+prompt by prompt, with an exact McNemar test: "did stage-2 beat stage-1 on these n prompts, and at
+what p" needs both models' verdicts on the same prompts, not two accuracies.
 
     make eval
     make eval ARGS="stage.models=[base,stage1,stage2] stage.benchmarks=[heldout,gsm8k] stage.samples=8"
@@ -27,6 +30,7 @@ from omegaconf import OmegaConf
 from pipeline.data import sources as data_lib
 from pipeline.data.code_tasks import humaneval_records, iter_code_file
 from pipeline.data.prompts import iter_file, iter_reasoning_gym
+from pipeline.eval.maths import mcnemar
 from pipeline.eval.protocol import evaluate_model
 from pipeline.rl.rewards import RewardContext
 from pipeline.rl.rollout import Sampling
@@ -199,10 +203,52 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def paired_comparisons(folder: Path, labels: list[str], benchmarks: list[str]) -> dict:
+    """{benchmark: {model: McNemar of its greedy verdicts against the first model's}}, joined on prompt id."""
+    out: dict[str, dict] = {}
+    if len(labels) < 2:
+        return out
+    for bench in benchmarks:
+        verdicts = {}
+        for label in labels:
+            path = folder / "results" / label / f"{bench}.rows.jsonl"
+            if path.exists():
+                rows = data_lib.read_jsonl(path)
+                verdicts[label] = {r["id"]: bool(r["greedy_correct"]) for r in rows if "greedy_correct" in r}
+        first = verdicts.get(labels[0])
+        if not first:
+            continue
+        for label in labels[1:]:
+            other = verdicts.get(label)
+            ids = [i for i in first if other and i in other]
+            if ids:
+                test = mcnemar([first[i] for i in ids], [other[i] for i in ids])
+                out.setdefault(bench, {})[label] = {"against": labels[0], "test": "mcnemar_exact", **test}
+    return out
+
+
+def paired_table(paired: dict) -> str:
+    lines = []
+    for bench, per_model in paired.items():
+        lines += [f"**{bench}: paired greedy verdicts against the first model**", ""]
+        lines += ["| model | against | n | before | after | gained | lost | McNemar p |", "|---" * 8 + "|"]
+        for label, t in per_model.items():
+            lines.append(
+                f"| {label} | {t['against']} | {t['n']} | {t['before']:.1%} | {t['after']:.1%} | {t['gained']} "
+                f"| {t['lost']} | {t['p']:.3g} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_results(cfg, folder: Path, results: dict) -> None:
     stage = cfg.stage
     data_lib.write_json(results, folder / "results.json")
     table = markdown_table(results, list(stage.benchmarks), stage.samples)
+    paired = paired_comparisons(folder, list(results), list(stage.benchmarks)) if stage.greedy else {}
+    if paired:
+        data_lib.write_json(paired, folder / "paired.json")
+        table += "\n" + paired_table(paired)
     (folder / "results.md").write_text(f"# Evaluation of run `{cfg.run_name}`\n\n{table}")
     run_lib.complete_stage(
         folder,

@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.sources import write_jsonl
 from pipeline.eval.maths import majority_vote, pass_at_k
 from pipeline.eval.protocol import evaluate_prompts, last_number_correct, vote_key
 from pipeline.rl.rewards import RewardContext
 from pipeline.rl.rollout import Completion, Sampling
 from pipeline.rl.verify import Verifier
 from pipeline.run.config import ConfigError, compose
-from stages.evaluate import load_benchmark, markdown_table
+from stages.evaluate import load_benchmark, markdown_table, paired_comparisons, paired_table
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not beside the checkout")
@@ -94,6 +95,22 @@ def test_markdown_table_puts_models_side_by_side():
     assert "| model | greedy_accuracy | greedy_lenient | greedy_format | pass@1 | cons@4 | pass@4 |" in table
     assert "| base | 10.0% | 25.0% | 0.0% | 5.0% | 10.0% | 20.0% | 90 |" in table
     assert "| stage1 | 50.0% | - | - | 40.0% | 50.0% | 80.0% | 120 |" in table
+
+
+def test_paired_comparison_joins_on_prompt_id_and_tests_against_the_first_model(tmp_path):
+    # stage1 right on 0-9; stage2 right on 3-19 (so gains 10-19, loses 0-2); rows in a different order
+    ids = [f"p{i}" for i in range(40)]
+    for label, right in {"stage1": range(0, 10), "stage2": range(3, 20)}.items():
+        rows = [{"id": i, "greedy_correct": int(i[1:]) in right} for i in ids]
+        write_jsonl(rows[::-1] if label == "stage2" else rows, tmp_path / "results" / label / "gsm8k.rows.jsonl")
+    paired = paired_comparisons(tmp_path, ["stage1", "stage2", "missing"], ["gsm8k", "heldout"])
+    t = paired["gsm8k"]["stage2"]
+    assert (t["n"], t["gained"], t["lost"], t["against"]) == (40, 10, 3, "stage1")
+    assert (t["before"], t["after"]) == (0.25, 17 / 40)
+    assert t["p"] == pytest.approx(2 * sum(__import__("math").comb(13, i) for i in range(4)) / 2**13)
+    assert set(paired) == {"gsm8k"} and set(paired["gsm8k"]) == {"stage2"}  # nothing made up for the rest
+    assert "| stage2 | stage1 | 40 | 25.0% | 42.5% | 10 | 3 |" in paired_table(paired)
+    assert paired_comparisons(tmp_path, ["stage1"], ["gsm8k"]) == {}
 
 
 def test_markdown_table_without_samples_has_greedy_columns_only():
