@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -45,13 +46,18 @@ def launch(stage: str, run: str, layout, common: list[str]) -> float:
         base.append(f"stage.init_from={REPO / 'runs' / run / 'stage1' / 'export'}")
     start = time.perf_counter()
     if layout == "nodes":
+        # two "nodes" on one host share its cores: each gets half (real nodes have their own). Without
+        # this both launchers take every core and oversubscription, not the layout, sets the time
         nodes = ["launcher.nnodes=2", "launcher.nproc=1", "launcher.master_addr=127.0.0.1"]
+        nodes.append(f"launcher.omp_threads={max(1, (os.cpu_count() or 2) // 2)}")
         nodes.append(f"launcher.master_port={free_port()}")
         follower = subprocess.Popen(base + nodes + ["launcher.node_rank=1"], cwd=REPO, stdout=subprocess.DEVNULL)
         rc = subprocess.run(base + nodes + ["launcher.node_rank=0"], cwd=REPO).returncode
         rc = rc or follower.wait()
     else:
-        rc = subprocess.run(base + [f"launcher.nproc={layout}"], cwd=REPO).returncode
+        # stage-1's global batch is micro_batch_rows x accumulation x processes: 1 process accumulates 2
+        accumulate = ["stage.gradient_accumulation_steps=2"] if stage == "stage1" and layout == 1 else []
+        rc = subprocess.run(base + [f"launcher.nproc={layout}"] + accumulate, cwd=REPO).returncode
     if rc:
         raise SystemExit(f"{run}/{stage} failed ({rc})")
     return time.perf_counter() - start
@@ -66,10 +72,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("prefix", nargs="?", default="scaleout")
     parser.add_argument("--model", default=str(base_model_dir()))
+    parser.add_argument("--layouts", nargs="*", default=list(LAYOUTS), help=f"a subset of {list(LAYOUTS)}")
     args = parser.parse_args()
     common = [f"model.path={args.model}", "model.dtype=fp32", "logger=none", "logger.progress=false"]
     rows = []
-    for name, layout in LAYOUTS.items():
+    for name, layout in ((n, LAYOUTS[n]) for n in args.layouts):
         run = f"{args.prefix}-{str(layout).replace(' ', '')}"
         for stage in STAGES:
             seconds = launch(stage, run, layout, common)
