@@ -109,7 +109,7 @@ def test_whole_pipeline_presets_compose_for_every_stage(experiment):
 
 
 def test_cpu_fast_preset_sizes_each_stage_and_yields_to_the_command_line():
-    assert compose(["stage=stage2"]).stage.steps == 24  # the plain CPU default is untouched
+    assert compose(["stage=stage2"]).stage.steps == 12  # the plain CPU default is untouched
     fast = compose(["stage=stage2", "experiment=cpu_fast"]).stage
     assert fast.steps == 3 and fast.eval_every == 0
     assert (

@@ -44,7 +44,7 @@ def test_missing_fields_name_the_line(tmp_path):
 
 
 def test_reasoning_gym_train_and_eval_splits_are_disjoint_and_interleaved():
-    cfg = compose(["stage=stage2", "data.num_examples=40", "data.eval_examples=40"]).data
+    cfg = compose(["stage=stage4", "data.num_examples=40", "data.eval_examples=40"]).data
     train, held_out = load_prompts(cfg, "train"), load_prompts(cfg, "eval")
     assert [r["task"] for r in train[:4]] == ["chain_sum", "basic_arithmetic"] * 2
     assert not {r["id"] for r in train} & {r["id"] for r in held_out}
