@@ -219,8 +219,8 @@ def paired_comparisons(folder: Path, labels: list[str], benchmarks: list[str]) -
         if not first:
             continue
         for label in labels[1:]:
-            other = verdicts.get(label)
-            ids = [i for i in first if other and i in other]
+            other = verdicts.get(label, {})
+            ids = [i for i in first if i in other]
             if ids:
                 test = mcnemar([first[i] for i in ids], [other[i] for i in ids])
                 out.setdefault(bench, {})[label] = {"against": labels[0], "test": "mcnemar_exact", **test}

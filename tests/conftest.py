@@ -148,12 +148,12 @@ def warm_start(
     return out
 
 
-# Single-digit sums: a task a 2-layer model can learn by RL in a couple of minutes on CPU.
 # wall-clock figures every RL step logs (stage-2 and stage-4): left out when runs are compared exactly
 RL_TIMING = frozenset(
     {"time_generate", "time_score", "time_train", "time_sync", "time_sleep_wake", "step_seconds", "rollout_tok_per_s"}
 )
 
+# Single-digit sums: a task a 2-layer model can learn by RL in a couple of minutes on CPU.
 TINY_TASK = [
     "data.tasks=[chain_sum]",
     "data.task_kwargs={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",

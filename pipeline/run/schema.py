@@ -89,6 +89,11 @@ def _optim(**changes) -> Any:
     return field(default_factory=lambda: OptimConfig(**copy.deepcopy(changes)))
 
 
+# RL's optimizer group apart from its lr, one copy for stage-2 and stage-4: constant lr from the first
+# step, Adam betas (0.9, 0.99)
+RL_OPTIM = {"min_lr_ratio": 1.0, "warmup_steps": 0, "betas": [0.9, 0.99]}
+
+
 @dataclass
 class SFTStageConfig:
     kind: str = "sft"  # selects this schema
@@ -158,7 +163,7 @@ class GRPOStageConfig:
     num_minibatches: int = 1  # optimizer updates per rollout batch
     # R1: lr 3e-6 (for 37B active parameters). Measured here with 16 prompts per step: 3e-5 gained, 5e-5
     # lost (churned) held-out accuracy; with 4 prompts per step 1e-4 collapsed the policy (README sweep)
-    optim: OptimConfig = _optim(lr=3e-5, min_lr_ratio=1.0, warmup_steps=0, betas=[0.9, 0.99])
+    optim: OptimConfig = _optim(lr=3e-5, **RL_OPTIM)
     # 0.2 (PPO's value) rather than R1's 10: R1 made one update per rollout batch, where the ratio is 1
     # and clipping never binds; with num_minibatches > 1 the policy moves between updates and an
     # unclipped ratio lets a few tokens dominate. eps_high > eps_low gives DAPO's clip-higher.
@@ -223,7 +228,7 @@ class AlignStageConfig(GRPOStageConfig):
     init_from: str = "stage3"
     steps: int = 8
     prompts_per_step: int = 4  # stage-4's CPU sizes were measured before stage-2's changed: kept
-    optim: OptimConfig = _optim(lr=2e-5, min_lr_ratio=1.0, warmup_steps=0, betas=[0.9, 0.99])
+    optim: OptimConfig = _optim(lr=2e-5, **RL_OPTIM)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.7))  # R1's final stage
     reward_models: dict[str, str] = field(
         default_factory=lambda: {"helpfulness": "rm_helpful", "harmlessness": "rm_safety"}

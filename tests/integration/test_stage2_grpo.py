@@ -15,7 +15,6 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING = set(RL_TIMING)
 
 
 SMALL = {
@@ -45,7 +44,7 @@ def run_stage2(runs: Path, name: str, init: Path, fault: str | None = None, **ov
 
 def metrics(stage: Path) -> list[dict]:
     return [
-        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        {k: v for k, v in json.loads(line).items() if k not in RL_TIMING}
         for line in (stage / "metrics.jsonl").read_text().splitlines()
     ]
 
@@ -83,7 +82,7 @@ def test_grpo_run_logs_every_metric_and_exports(reference):
     ):
         assert key in m[1], key
     raw = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert all(raw[i][k] >= 0 for i in range(1, 5) for k in TIMING)
+    assert all(raw[i][k] >= 0 for i in range(1, 5) for k in RL_TIMING)
     assert 0 <= m[1]["kl"] < 1e-2  # reference == policy until the first of the two minibatch updates
     assert any(r["zero_var_group_frac"] < 1 for r in m[1:])  # some groups carried a learning signal
     assert m[4]["kl"] > 0 and m[4]["clip_frac"] >= 0  # the policy has moved away from the reference

@@ -1,5 +1,6 @@
 """Evaluation maths (pass@k, majority vote), answer keys, per-benchmark loaders and the eval config."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_paired_comparison_joins_on_prompt_id_and_tests_against_the_first_model(
     t = paired["gsm8k"]["stage2"]
     assert (t["n"], t["gained"], t["lost"], t["against"]) == (40, 10, 3, "stage1")
     assert (t["before"], t["after"]) == (0.25, 17 / 40)
-    assert t["p"] == pytest.approx(2 * sum(__import__("math").comb(13, i) for i in range(4)) / 2**13)
+    assert t["p"] == pytest.approx(2 * sum(math.comb(13, i) for i in range(4)) / 2**13)
     assert set(paired) == {"gsm8k"} and set(paired["gsm8k"]) == {"stage2"}  # nothing made up for the rest
     assert "| stage2 | stage1 | 40 | 25.0% | 42.5% | 10 | 3 |" in paired_table(paired)
     assert paired_comparisons(tmp_path, ["stage1"], ["gsm8k"]) == {}
