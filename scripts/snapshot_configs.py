@@ -36,7 +36,7 @@ def _api():
         return compose, lambda cfg: OmegaConf.to_container(cfg, resolve=True), cache_dir, names
 
 
-EXPERIMENTS = ("cpu", "cpu_fast", "gpu", "smoke")
+EXPERIMENTS = ("cpu", "cpu_fast", "cpu_long", "gpu", "r1_zero", "smoke")
 
 
 def normalise(value, repo: str, cache: str):

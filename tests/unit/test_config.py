@@ -98,7 +98,7 @@ def test_every_stage_field_can_be_overridden_from_the_command_line(stage_file):
     assert not missing, f"conf/stage/{stage_file}.yaml lacks {missing}"
 
 
-@pytest.mark.parametrize("experiment", ["cpu_fast", "smoke", "gpu"])
+@pytest.mark.parametrize("experiment", ["cpu_fast", "cpu_long", "smoke", "gpu", "r1_zero"])
 def test_whole_pipeline_presets_compose_for_every_stage(experiment):
     """`experiment=X` also applies conf/preset/X/<stage>.yaml, so one ARGS sizes every stage of
     `make pipeline`; a preset file with a key its stage lacks fails here."""
@@ -117,6 +117,17 @@ def test_cpu_fast_preset_sizes_each_stage_and_yields_to_the_command_line():
     )
     assert compose(["stage=eval", "experiment=cpu_fast"]).stage.samples == 0
     assert compose(["stage=stage2", "experiment=cpu_fast", "stage.steps=7"]).stage.steps == 7
+
+
+def test_cpu_long_changes_only_stage2s_steps_and_folder():
+    """`experiment=cpu_long` is the default stage-2 run three times longer: any other difference would
+    make its gain incomparable with the default's (README, Stage 2)."""
+    plain, long = (OmegaConf.to_container(compose(["stage=stage2", *extra])) for extra in ([], ["experiment=cpu_long"]))
+    assert long["stage"].pop("steps") == 3 * plain["stage"].pop("steps")
+    assert long["stage"].pop("name") == "stage2_long" and plain["stage"].pop("name") == "stage2"
+    assert long.pop("experiment") == "cpu_long" and plain.pop("experiment") == "cpu"
+    assert long == plain
+    assert compose(["stage=stage1", "experiment=cpu_long"]).stage == compose(["stage=stage1"]).stage
 
 
 @pytest.mark.parametrize(
