@@ -12,6 +12,10 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
 * **schedule**: general prompts, and with them the preference rewards, enter only in the last
   `general_last_steps` steps (R1 used the last 400 of 1,700: longer preference training invited
   reward hacking). Rollout temperature is `stage.rollout.temperature` (R1: 0.7).
+* **held-out general prompts**: `stage.general_eval_prompts` of the general prompts (a fixed seeded
+  pick) never enter training; every held-out eval scores their greedy answers with the reward models,
+  and the summary tests the first eval against the last per prompt (sign test), beside the reasoning
+  prompts' McNemar test, so "the RM score rose" and "reasoning held" are both measured on unseen prompts.
 * **reward-hacking watch** (`pipeline.rl.watch.hacking_watch`): per step, whether the RM reward rose
   while rule accuracy fell over the last `watch_window` steps, and the response length against its
   starting level; a warning is printed when either trips.
@@ -21,6 +25,8 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
 """
 
 from __future__ import annotations
+
+import random
 
 from transformers import AutoTokenizer
 
@@ -62,9 +68,21 @@ def general_prompts(path: str) -> list[dict]:
     return out
 
 
-def prompt_pools(cfg, tokenizer) -> list[PromptPool]:
+def split_general(records: list[dict], held_out: int) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) general prompts: a fixed seeded pick of `held_out` is kept for the eval."""
+    if not 0 <= held_out < len(records):
+        raise DataError(
+            f"config key 'stage.general_eval_prompts': {held_out} held out of {len(records)} general prompts "
+            "leaves none to train on"
+        )
+    order = random.Random(GENERAL_POOL_SEED_OFFSET).sample(range(len(records)), len(records))
+    chosen = set(order[:held_out])
+    return [r for i, r in enumerate(records) if i not in chosen], [r for i, r in enumerate(records) if i in chosen]
+
+
+def prompt_pools(cfg, tokenizer, general: list[dict]) -> list[PromptPool]:
     stage, system = cfg.stage, cfg.data.system_prompt
-    reasoning, general = load_prompts(cfg.data, "train"), general_prompts(stage.general_path)
+    reasoning = load_prompts(cfg.data, "train")
     return [
         PromptPool(
             "reasoning",
@@ -104,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, src in stage.reward_models.items()
         if name in stage.rm_rewards
     }
-    pools = prompt_pools(cfg, AutoTokenizer.from_pretrained(init["path"]))
+    general, general_eval = split_general(general_prompts(stage.general_path), stage.general_eval_prompts)
+    pools = prompt_pools(cfg, AutoTokenizer.from_pretrained(init["path"]), general)
     rewards = RewardContext(
         verifier=Verifier(workers=stage.verifier_workers),
         language=stage.language,
@@ -118,7 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_main:
         folders.update_manifest(config_lib.stage_dir(cfg), reward_models=models)
     held_out = held_out_prompts(cfg.data, pools[0].records)  # the reasoning pool's questions removed
-    task = RLTask(pools, rewards, held_out, step_hook=reward_watch(stage, dist.is_main))
+    task = RLTask(
+        pools,
+        rewards,
+        held_out,
+        step_hook=reward_watch(stage, dist.is_main),
+        general_eval=general_eval,
+        general_eval_rewards=sorted(stage.rm_rewards),
+    )
     try:
         GRPOTrainer(cfg, dist, init, task).train()
     finally:

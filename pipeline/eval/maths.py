@@ -40,13 +40,35 @@ def mcnemar(before: list[bool], after: list[bool]) -> dict:
         raise ValueError(f"paired verdicts differ in length: {len(before)} vs {len(after)}")
     gained = sum(1 for b, a in zip(before, after) if a and not b)
     lost = sum(1 for b, a in zip(before, after) if b and not a)
-    n = gained + lost
-    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n if n else 1.0
     return {
         "n": len(before),
         "before": sum(map(bool, before)) / max(1, len(before)),
         "after": sum(map(bool, after)) / max(1, len(after)),
         "gained": gained,
         "lost": lost,
-        "p": min(1.0, 2 * tail),
+        "p": binomial_two_sided(gained, lost),
+    }
+
+
+def binomial_two_sided(up: int, down: int) -> float:
+    """Exact two-sided p of `up` against `down` changes under a fair coin (McNemar's and the sign test's maths)."""
+    n = up + down
+    tail = sum(math.comb(n, i) for i in range(min(up, down) + 1)) / 2**n if n else 1.0
+    return min(1.0, 2 * tail)
+
+
+def sign_test(before: list[float], after: list[float]) -> dict:
+    """Exact two-sided sign test of paired scores on the same prompts (a reward model's score before and
+    after training): how many rose and fell (ties dropped), a binomial test on those, and the means."""
+    if len(before) != len(after):
+        raise ValueError(f"paired scores differ in length: {len(before)} vs {len(after)}")
+    rose = sum(1 for b, a in zip(before, after) if a > b)
+    fell = sum(1 for b, a in zip(before, after) if a < b)
+    return {
+        "n": len(before),
+        "before": sum(before) / max(1, len(before)),
+        "after": sum(after) / max(1, len(after)),
+        "rose": rose,
+        "fell": fell,
+        "p": binomial_two_sided(rose, fell),
     }

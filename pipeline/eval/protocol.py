@@ -95,11 +95,52 @@ def evaluate_prompts(
         greedy=greedy,
         indices=mine,
     )
-    if world > 1:
-        from pipeline.train.dist import all_gather_objects
-
-        rows = [row for _, row in sorted(pair for part in all_gather_objects(list(zip(mine, rows))) for pair in part)]
+    rows = _gathered(mine, rows, world)
     return summarise(rows, sampling, greedy), rows
+
+
+def evaluate_general(
+    rollout,
+    prompt_ids: list[list[int]],
+    records: list[dict],
+    ctx: RewardContext,
+    rewards: list[str],
+    *,
+    max_tokens: int,
+    stop_ids: list[int],
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[dict, list[dict]]:
+    """Greedy answers to prompts that have no gold answer (stage-4's held-out general prompts), each
+    scored by the reward-model rewards named in `rewards` through the RL reward registry, so an answer
+    is judged exactly as in training (helpfulness sees only the summary). Sharded like `evaluate_prompts`;
+    returns the mean score per reward (`rm/<name>`) and one row per prompt, for a paired test."""
+    mine = list(range(rank, len(prompt_ids), world))
+    rows: list[dict] = []
+    if mine:
+        outs = rollout.generate(
+            [prompt_ids[i] for i in mine],
+            Sampling(1, 0.0, 1.0, max_tokens),
+            seeds=[0] * len(mine),
+            stop_token_ids=stop_ids,
+        )
+        texts = [g[0].text for g in outs]
+        _, parts = score(texts, [records[i] for i in mine], {name: 1.0 for name in rewards}, ctx)
+        rows = [
+            {"id": records[i]["id"], "greedy": text, **{name: parts[name][j] for name in rewards}}
+            for j, (i, text) in enumerate(zip(mine, texts))
+        ]
+    rows = _gathered(mine, rows, world)
+    return {f"rm/{name}": _mean(r[name] for r in rows) for name in rewards}, rows
+
+
+def _gathered(mine: list[int], rows: list[dict], world: int) -> list[dict]:
+    """Every rank's rows (rank r holds prompts r, r + world, ...), in prompt order, on every rank."""
+    if world == 1:
+        return rows
+    from pipeline.train.dist import all_gather_objects
+
+    return [row for _, row in sorted(pair for part in all_gather_objects(list(zip(mine, rows))) for pair in part)]
 
 
 def prompt_rows(

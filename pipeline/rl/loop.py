@@ -21,7 +21,7 @@ import copy
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -31,8 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.data.prompts import encode_prompts
 from pipeline.data.sources import read_jsonl, write_jsonl
-from pipeline.eval.maths import mcnemar
-from pipeline.eval.protocol import evaluate_prompts
+from pipeline.eval.maths import mcnemar, sign_test
+from pipeline.eval.protocol import evaluate_general, evaluate_prompts
 from pipeline.rl.batch import PromptPool, collect, merge
 from pipeline.rl.maths import k3_kl
 from pipeline.rl.metrics import batch_metrics, reduce_over_ranks
@@ -64,6 +64,9 @@ class RLTask:
     eval_records: list[dict]
     # (step, this step's metrics, earlier steps' metrics) -> extra metrics (stage-4's watch)
     step_hook: Optional[Callable[[int, dict, list[dict]], dict]] = None
+    # held-out prompts without a gold answer, scored at every eval by these reward-model rewards (stage-4)
+    general_eval: list[dict] = field(default_factory=list)
+    general_eval_rewards: list[str] = field(default_factory=list)
 
 
 class GRPOTrainer:
@@ -75,6 +78,7 @@ class GRPOTrainer:
         torch.manual_seed(self.stage.seed)
         model, self.tokenizer = load_model(init["path"], cfg)
         self.eval_ids = encode_prompts(self.tokenizer, task.eval_records, cfg.data.system_prompt)
+        self.general_eval_ids = encode_prompts(self.tokenizer, task.general_eval, cfg.data.system_prompt)
         self.stop_ids = [self.tokenizer.eos_token_id]
         trainer = build_engine(
             cfg,
@@ -279,6 +283,21 @@ class GRPOTrainer:
             for task in tasks:
                 verdicts = [r["greedy_correct"] for r in rows if r.get("task") == task]
                 out[f"eval/greedy_accuracy/{task}"] = sum(verdicts) / len(verdicts)
+        if self.task.general_eval:
+            general, rows = evaluate_general(
+                self.rollout,
+                self.general_eval_ids,
+                self.task.general_eval,
+                self.task.rewards,
+                self.task.general_eval_rewards,
+                max_tokens=stage.rollout.max_new_tokens,
+                stop_ids=self.stop_ids,
+                rank=self.dist.rank,
+                world=self.dist.world,
+            )
+            if self.dist.is_main:
+                write_jsonl(rows, self.folder / "eval" / f"general_step_{step:05d}.jsonl")
+            out.update({f"eval/{k}": v for k, v in general.items()})
         return out
 
     def save(self) -> None:
@@ -324,19 +343,24 @@ def _save_reference(reference, folder: Path) -> None:
 
 
 def heldout_test(folder: Path) -> dict:
-    """McNemar's paired test of the first held-out eval (the init model) against the last one."""
+    """McNemar's paired test of the first held-out eval (the init model) against the last one; where
+    general prompts were scored by reward models, a sign test of each RM score per prompt too."""
     files = sorted(folder.glob("step_*.jsonl")) if folder.exists() else []
     if len(files) < 2:
         return {}
     first, last = (read_jsonl(f) for f in (files[0], files[-1]))
     test = mcnemar([r["greedy_correct"] for r in first], [r["greedy_correct"] for r in last])
-    return {f"heldout_{k}": v for k, v in test.items()} | {
+    out = {f"heldout_{k}": v for k, v in test.items()} | {
         "heldout_test": "mcnemar_exact",
-        "heldout_steps": [
-            int(files[0].stem.split("_")[1]),
-            int(files[-1].stem.split("_")[1]),
-        ],
+        "heldout_steps": [int(files[0].stem.split("_")[1]), int(files[-1].stem.split("_")[1])],
     }
+    general = sorted(folder.glob("general_step_*.jsonl"))
+    if len(general) >= 2:
+        first, last = (read_jsonl(f) for f in (general[0], general[-1]))
+        for name in (k for k in first[0] if k not in ("id", "greedy")):
+            scores = sign_test([r[name] for r in first], [r[name] for r in last])
+            out |= {f"heldout_rm_{name}_{k}": v for k, v in scores.items()} | {"heldout_rm_test": "sign_exact"}
+    return out
 
 
 def _summary(records: list[dict]) -> dict:

@@ -236,6 +236,9 @@ class AlignStageConfig(GRPOStageConfig):
     rm_rewards: dict[str, float] = field(default_factory=lambda: {"helpfulness": 1.0, "harmlessness": 1.0})
     general_path: str = "pipeline/assets/general_chat.jsonl"  # general prompts (chat JSONL: first user turn)
     general_prompts_per_step: int = 2  # general prompts added per step once the preference phase starts
+    # general prompts held out of training: at every held-out eval their greedy answers are scored by the
+    # reward models (eval/rm/<name>), and the first and last evals are compared per prompt (sign test)
+    general_eval_prompts: int = 16
     general_last_steps: int = 4  # preference rewards + general prompts only in the last N steps (R1: 400 of 1,700)
     rm_batch_size: int = 16
     rm_max_length: int = 1024

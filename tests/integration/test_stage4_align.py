@@ -119,8 +119,17 @@ def test_stage4_routes_general_prompts_to_reward_models_in_the_last_steps(stage4
             assert 0.0 <= r[f"reward/{name}_min"] <= r[f"reward/{name}"] <= r[f"reward/{name}_max"] <= 1.0
         assert "reward/accuracy" in r and "time_score/general" in r
     assert "watch/rm_up_acc_down" in m[4] and "watch/len_ratio" in m[4]
+    for r in (m[0], m[4]):  # the held-out general prompts, scored by both RMs at each eval
+        assert 0.0 <= r["eval/rm/helpfulness"] <= 1.0 and 0.0 <= r["eval/rm/harmlessness"] <= 1.0
     manifest = json.loads((stage4 / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["kind"] == "align"
+    s = manifest["summary"]
+    assert s["heldout_rm_helpfulness_n"] == 16 and s["heldout_rm_test"] == "sign_exact"
+    assert s["heldout_rm_helpfulness_before"] == pytest.approx(m[0]["eval/rm/helpfulness"])
+    assert s["heldout_rm_helpfulness_after"] == pytest.approx(m[4]["eval/rm/helpfulness"])
+    assert 0.0 < s["heldout_rm_harmlessness_p"] <= 1.0
+    held = (stage4 / "eval" / "general_step_00004.jsonl").read_text().splitlines()
+    assert len(held) == 16 and all(json.loads(line)["greedy"] is not None for line in held)
     assert set(manifest["reward_models"]) == {"helpfulness", "harmlessness"}
 
 

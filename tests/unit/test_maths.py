@@ -62,3 +62,17 @@ def test_mcnemar_exact_p_by_hand():
     assert mcnemar([True, False], [True, False])["p"] == 1.0  # no discordant pair: no evidence
     with pytest.raises(ValueError, match="differ in length"):
         mcnemar([True], [True, False])
+
+
+def test_sign_test_counts_rises_and_falls_and_drops_ties():
+    from pipeline.eval.maths import sign_test
+
+    before = [0.5] * 9 + [0.2, 0.7, 0.4]
+    after = [0.6] * 9 + [0.1, 0.7, 0.4]  # 9 rose, 1 fell, 2 ties
+    out = sign_test(before, after)
+    assert (out["rose"], out["fell"], out["n"]) == (9, 1, 12)
+    assert out["p"] == pytest.approx(2 * 11 / 1024)  # 2 * P(X <= 1), X ~ Bin(10, 0.5)
+    assert out["after"] - out["before"] == pytest.approx((0.9 - 0.1) / 12)
+    assert sign_test([0.3], [0.3])["p"] == 1.0
+    with pytest.raises(ValueError, match="differ in length"):
+        sign_test([0.1], [0.1, 0.2])

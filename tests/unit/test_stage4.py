@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.data.preferences import embedded_harmlessness, embedded_helpfulness, load_preferences, split
+from pipeline.data.sources import DataError
+from pipeline.eval.protocol import evaluate_general
 from pipeline.rl.batch import PromptPool, collect, merge
 from pipeline.rl.metrics import batch_metrics
 from pipeline.rl.rewards import RewardContext, score
@@ -14,7 +16,7 @@ from pipeline.rl.update import UpdateStats
 from pipeline.rl.verify import Verifier
 from pipeline.rl.watch import general_prompts_at, hacking_watch
 from pipeline.run.config import ConfigError, compose
-from stages.stage4_align import general_prompts
+from stages.stage4_align import general_prompts, split_general
 
 RESPONSE = "<think>\nThe user greets me. I should be friendly.\n</think>\n\nHello! How can I help?"
 
@@ -154,6 +156,49 @@ def test_stage4_config_checks_reward_names():
 def test_general_prompts_come_from_the_chat_asset():
     recs = general_prompts("pipeline/assets/general_chat.jsonl")
     assert len(recs) == 56 and recs[0]["question"] == "Hello!" and recs[0]["answer"] is None
+
+
+def test_held_out_general_prompts_are_a_fixed_pick_never_trained_on():
+    recs = general_prompts("pipeline/assets/general_chat.jsonl")
+    train, held = split_general(recs, 16)
+    assert len(held) == 16 and len(train) == 40
+    assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
+    assert sorted(r["id"] for r in train + held) == sorted(r["id"] for r in recs)
+    assert split_general(recs, 16) == (train, held)  # the same pick on every rank and every resume
+    assert held != recs[:16]  # spread over the file, not its first (greeting) rows
+    assert split_general(recs, 0) == (recs, [])
+    with pytest.raises(DataError, match="stage.general_eval_prompts"):
+        split_general(recs, 56)
+
+
+class SummaryRollout:
+    """Answers prompt [k] with a summary that names k, after a fixed chain of thought."""
+
+    def generate(self, prompts, sampling, **kw):
+        assert sampling.temperature == 0 and sampling.n == 1
+        return [[Completion([1], [0.0], f"<think>\nthinking\n</think>\n\nanswer {p[0]}", False)] for p in prompts]
+
+
+class LengthRM:
+    """Logit = number of characters of what it is shown, minus 8: tells the summary from the whole text."""
+
+    def __call__(self, prompts, responses):
+        return [len(r) - 8.0 for r in responses]
+
+
+def test_general_eval_scores_greedy_answers_with_each_reward_model(verifier):
+    recs = [{"id": f"g{k}", "question": f"q{k}", "answer": None, "task": "general", "entry": None} for k in (3, 10)]
+    ctx = RewardContext(verifier=verifier, reward_models={"helpfulness": LengthRM(), "harmlessness": LengthRM()})
+    metrics, rows = evaluate_general(
+        SummaryRollout(), [[3], [10]], recs, ctx, ["harmlessness", "helpfulness"], max_tokens=16, stop_ids=[0]
+    )
+    sigmoid = lambda x: 1 / (1 + 2.718281828459045**-x)  # noqa: E731
+    # helpfulness sees only "answer 3" (8 chars: logit 0) and "answer 10" (logit 1); harmlessness all of it
+    assert [r["helpfulness"] for r in rows] == [pytest.approx(0.5), pytest.approx(sigmoid(1.0))]
+    full = len("<think>\nthinking\n</think>\n\nanswer 3") - 8.0
+    assert rows[0]["harmlessness"] == pytest.approx(sigmoid(full))
+    assert [r["id"] for r in rows] == ["g3", "g10"] and rows[1]["greedy"].endswith("answer 10")
+    assert metrics["rm/helpfulness"] == pytest.approx((0.5 + sigmoid(1.0)) / 2)
 
 
 def test_embedded_preferences_are_well_formed_and_split_by_prompt():
