@@ -1,7 +1,8 @@
 """`make report`: PNG plots of a run and a markdown report embedding them (runs/<run>/report/).
 
 * SFT stages (stage1, stage3, distill): training loss per optimizer step.
-* RL stages (stage2, stage4), as R1's Figures 2-3: mean reward per component, training accuracy with
+* RL stages (stage2, stage4, and renamed ones such as R1-Zero's stage2_zero or cpu_long's stage2_long,
+  found by their manifest's kind), as R1's Figures 2-3: mean reward per component, training accuracy with
   held-out greedy accuracy and pass@1, mean response length, reflection words per response.
 * Evaluation (`make eval`'s results.json): per-benchmark accuracy by model (greedy, pass@1, cons@k).
 
@@ -23,6 +24,17 @@ from pipeline.train.metrics import read_metrics
 DPI = 110  # readable in a README at GitHub's width
 SFT_STAGES = tuple(registry.names(trainer="sft"))
 RL_STAGES = tuple(registry.names(trainer="rl"))
+RL_KINDS = {s.kind for s in registry.STAGES if s.trainer == "rl"}
+
+
+def rl_folders(run_dir: Path) -> list[str]:
+    """The registry's RL stages, then every other folder of the run an RL stage wrote (`stage.name=...`)."""
+    renamed = []
+    for manifest in sorted(run_dir.glob("*/manifest.json")):
+        name = manifest.parent.name
+        if name not in RL_STAGES and json.loads(manifest.read_text()).get("kind") in RL_KINDS:
+            renamed.append(name)
+    return [*RL_STAGES, *renamed]
 
 
 def _plt():
@@ -166,7 +178,7 @@ def build(run_dir: Path) -> Path:
     sft = plot_sft(run_dir, out)
     if sft:
         sections += ["## SFT training loss", "", f"![sft loss]({sft.name})", ""]
-    for stage in RL_STAGES:
+    for stage in rl_folders(run_dir):
         p = plot_rl(run_dir, stage, out)
         if p:
             sections += [f"## {stage}: RL curves", "", f"![{stage}]({p.name})", ""]

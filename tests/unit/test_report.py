@@ -30,6 +30,11 @@ def test_report_renders_every_plot(tmp_path):
             for i in range(1, 6)
         ],
     )
+    (run / "stage2_zero").mkdir()  # a renamed RL stage (R1-Zero), found by its manifest's kind
+    (run / "stage2_zero" / "metrics.jsonl").write_text((run / "stage2" / "metrics.jsonl").read_text())
+    (run / "stage2_zero" / "manifest.json").write_text(json.dumps({"kind": "grpo", "stage": "stage2_zero"}))
+    write(run / "stage1_short" / "metrics.jsonl", [{"step": 1, "loss": 1.0}])
+    (run / "stage1_short" / "manifest.json").write_text(json.dumps({"kind": "sft"}))
     (run / "eval").mkdir()
     (run / "eval" / "results.json").write_text(
         json.dumps(
@@ -41,8 +46,8 @@ def test_report_renders_every_plot(tmp_path):
     )
     md = build(run)
     text = md.read_text()
-    for name in ("accuracy.png", "sft_loss.png", "stage2_rl.png"):
+    for name in ("accuracy.png", "sft_loss.png", "stage2_rl.png", "stage2_zero_rl.png"):  # renamed RL stages too
         png = md.parent / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
         assert f"({name})" in text
-    assert "stage4_rl.png" not in text  # stages that did not run are left out
+    assert "stage4_rl.png" not in text and "stage1_short_rl" not in text  # not run / not RL: left out
