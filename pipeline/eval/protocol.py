@@ -115,21 +115,16 @@ def evaluate_general(
     scored by the reward-model rewards named in `rewards` through the RL reward registry, so an answer
     is judged exactly as in training (helpfulness sees only the summary). Sharded like `evaluate_prompts`;
     returns the mean score per reward (`rm/<name>`) and one row per prompt, for a paired test."""
-    mine = list(range(rank, len(prompt_ids), world))
-    rows: list[dict] = []
-    if mine:
-        outs = rollout.generate(
-            [prompt_ids[i] for i in mine],
-            Sampling(1, 0.0, 1.0, max_tokens),
-            seeds=[0] * len(mine),
-            stop_token_ids=stop_ids,
-        )
-        texts = [g[0].text for g in outs]
-        _, parts = score(texts, [records[i] for i in mine], {name: 1.0 for name in rewards}, ctx)
-        rows = [
-            {"id": records[i]["id"], "greedy": text, **{name: parts[name][j] for name in rewards}}
-            for j, (i, text) in enumerate(zip(mine, texts))
-        ]
+    mine = list(range(rank, len(prompt_ids), world))  # may be empty: generate is still called (prompt_rows)
+    outs = rollout.generate(
+        [prompt_ids[i] for i in mine], Sampling(1, 0.0, 1.0, max_tokens), seeds=[0] * len(mine), stop_token_ids=stop_ids
+    )
+    texts = [g[0].text for g in outs]
+    _, parts = score(texts, [records[i] for i in mine], {name: 1.0 for name in rewards}, ctx)
+    rows = [
+        {"id": records[i]["id"], "greedy": text, **{name: parts[name][j] for name in rewards}}
+        for j, (i, text) in enumerate(zip(mine, texts))
+    ]
     rows = _gathered(mine, rows, world)
     return {f"rm/{name}": _mean(r[name] for r in rows) for name in rewards}, rows
 
@@ -149,9 +144,11 @@ def prompt_rows(
     """One row per prompt: its answers and every per-prompt figure `summarise` needs. `indices`: the
     prompts' positions in the whole set (they seed the sampled answers)."""
     rows = [{"id": r["id"], "task": r.get("task"), "gold": r["answer"]} for r in records]
-    if greedy and prompt_ids:
+    # a rank with no prompt (fewer prompts than ranks) still calls generate: the ranks sharing one
+    # tensor-parallel engine must all submit; the rollout answers an empty list at once otherwise
+    if greedy:
         _greedy(rollout, prompt_ids, records, ctx, sampling.max_tokens, stop_ids, rows)
-    if sampling.n > 0 and prompt_ids:
+    if sampling.n > 0:
         _sampled(
             rollout, prompt_ids, records, ctx, sampling, [request_seed(seed, -1, i) for i in indices], stop_ids, rows
         )

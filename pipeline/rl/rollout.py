@@ -143,6 +143,8 @@ class VLLMRollout:
         """`sampling.n` completions per prompt; request i samples with seed `seeds[i]`."""
         from vllm import SamplingParams
 
+        if not prompts and self.tp_group is None:  # a rank of a tensor-parallel group must still join in
+            return []
         self.wake()
         greedy = sampling.temperature == 0
         params = [

@@ -7,11 +7,11 @@ import pytest
 
 from pipeline.data.preferences import embedded_harmlessness, embedded_helpfulness, load_preferences, split
 from pipeline.data.sources import DataError
-from pipeline.eval.protocol import evaluate_general
+from pipeline.eval.protocol import evaluate_general, prompt_rows
 from pipeline.rl.batch import PromptPool, collect, merge
 from pipeline.rl.metrics import batch_metrics
 from pipeline.rl.rewards import RewardContext, score
-from pipeline.rl.rollout import Completion
+from pipeline.rl.rollout import Completion, Sampling
 from pipeline.rl.update import UpdateStats
 from pipeline.rl.verify import Verifier
 from pipeline.rl.watch import general_prompts_at, hacking_watch
@@ -199,6 +199,25 @@ def test_general_eval_scores_greedy_answers_with_each_reward_model(verifier):
     assert rows[0]["harmlessness"] == pytest.approx(sigmoid(full))
     assert [r["id"] for r in rows] == ["g3", "g10"] and rows[1]["greedy"].endswith("answer 10")
     assert metrics["rm/helpfulness"] == pytest.approx((0.5 + sigmoid(1.0)) / 2)
+
+
+def test_a_rank_without_prompts_still_joins_the_generate_call(verifier):
+    """With fewer prompts than ranks, a rank's share is empty; the ranks of one tensor-parallel engine
+    must all call generate, so the eval calls it with no prompt rather than skipping it."""
+    calls = []
+
+    class Recording:
+        def generate(self, prompts, sampling, **kw):
+            calls.append(list(prompts))
+            return [[Completion([1], [0.0], "x", False)] * sampling.n for _ in prompts]
+
+    ctx = RewardContext(verifier=verifier, reward_models={"helpfulness": LengthRM()})
+    metrics, rows = evaluate_general(Recording(), [], [], ctx, ["helpfulness"], max_tokens=8, stop_ids=[0])
+    assert calls == [[]] and rows == [] and metrics == {"rm/helpfulness": 0.0}
+    rows = prompt_rows(
+        Recording(), [], [], ctx, sampling=Sampling(2, 0.6, 0.95, 8), seed=0, stop_ids=[0], greedy=True, indices=[]
+    )
+    assert calls == [[], [], []] and rows == []  # greedy, then the sampled answers
 
 
 def test_embedded_preferences_are_well_formed_and_split_by_prompt():
