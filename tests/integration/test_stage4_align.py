@@ -154,5 +154,7 @@ def test_stage4_on_two_processes_samples_what_one_process_samples(runs, rms, war
     for key in ("reward", "reward/accuracy", "response_len_mean", "samples"):
         assert two[1][key] == pytest.approx(one[1][key], rel=1e-6), key
     assert two[3]["samples/general"] == one[3]["samples/general"] == 8
+    for key in ("eval/rm/helpfulness", "eval/rm/harmlessness", "eval/greedy_accuracy"):  # sharded evals, gathered
+        assert two[0][key] == pytest.approx(one[0][key], rel=1e-4), key
     if zero == 3:
         assert all(r["kl"] >= 0 for r in two[2:]) and two[-1]["kl"] > 0  # the reference is exercised
