@@ -116,10 +116,7 @@ def evaluate_general(
     is judged exactly as in training (helpfulness sees only the summary). Sharded like `evaluate_prompts`;
     returns the mean score per reward (`rm/<name>`) and one row per prompt, for a paired test."""
     mine = list(range(rank, len(prompt_ids), world))  # may be empty: generate is still called (prompt_rows)
-    outs = rollout.generate(
-        [prompt_ids[i] for i in mine], Sampling(1, 0.0, 1.0, max_tokens), seeds=[0] * len(mine), stop_token_ids=stop_ids
-    )
-    texts = [g[0].text for g in outs]
+    texts = [g[0].text for g in _greedy_outputs(rollout, [prompt_ids[i] for i in mine], max_tokens, stop_ids)]
     _, parts = score(texts, [records[i] for i in mine], {name: 1.0 for name in rewards}, ctx)
     rows = [
         {"id": records[i]["id"], "greedy": text, **{name: parts[name][j] for name in rewards}}
@@ -190,10 +187,15 @@ def summarise(rows: list[dict], sampling: Sampling, greedy: bool = True) -> dict
     return metrics
 
 
-def _greedy(rollout, prompt_ids, records, ctx, max_tokens: int, stop_ids, rows: list[dict]) -> None:
-    outs = rollout.generate(
+def _greedy_outputs(rollout, prompt_ids, max_tokens: int, stop_ids) -> list:
+    """One temperature-0 answer per prompt (the seed is irrelevant at T 0)."""
+    return rollout.generate(
         prompt_ids, Sampling(1, 0.0, 1.0, max_tokens), seeds=[0] * len(prompt_ids), stop_token_ids=stop_ids
     )
+
+
+def _greedy(rollout, prompt_ids, records, ctx, max_tokens: int, stop_ids, rows: list[dict]) -> None:
+    outs = _greedy_outputs(rollout, prompt_ids, max_tokens, stop_ids)
     texts = [g[0].text for g in outs]
     _, parts = score(texts, records, CHECKS, ctx)
     right = correctness(parts)

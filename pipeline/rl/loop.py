@@ -357,9 +357,10 @@ def heldout_test(folder: Path) -> dict:
     general = sorted(folder.glob("general_step_*.jsonl"))
     if len(general) >= 2:
         first, last = (read_jsonl(f) for f in (general[0], general[-1]))
+        out["heldout_rm_test"] = "sign_exact"
         for name in (k for k in first[0] if k not in ("id", "greedy")):
             scores = sign_test([r[name] for r in first], [r[name] for r in last])
-            out |= {f"heldout_rm_{name}_{k}": v for k, v in scores.items()} | {"heldout_rm_test": "sign_exact"}
+            out |= {f"heldout_rm_{name}_{k}": v for k, v in scores.items()}
     return out
 
 
