@@ -24,7 +24,7 @@ from typing import Optional
 
 from pipeline.data.code_tasks import is_code
 from pipeline.eval.maths import majority_vote, pass_at_k
-from pipeline.rl.rewards import RewardContext, correctness, extract_answer, extract_program, score
+from pipeline.rl.rewards import RewardContext, correctness, extract_answer, extract_program, last_number_correct, score
 from pipeline.rl.rollout import Sampling, request_seed
 
 
@@ -50,19 +50,6 @@ CHECKS = {"accuracy": 1.0, "code": 1.0, "format": 1.0}
 # R1 §3: pass@1 is measured on samples at temperature 0.6 and top-p 0.95.
 R1_EVAL_TEMPERATURE = 0.6
 R1_EVAL_TOP_P = 0.95
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def last_number_correct(completion: str, gold: str) -> Optional[bool]:
-    """Is the last number in `completion` equal to a numeric `gold`? None when gold is not a number."""
-    try:
-        target = float(str(gold).replace(",", "").strip())
-    except ValueError:
-        return None
-    found = _NUMBER.findall(completion.replace(",", ""))
-    return bool(found) and abs(float(found[-1]) - target) < 1e-9
-
 
 def evaluate_prompts(
     rollout,

@@ -18,6 +18,10 @@ the total and is left out of that component's mean.
               against the prompt's tests in the sandbox (`pipeline.rl.sandbox`): 1.0 when every test
               passes (R1's accuracy reward for code is binary), or the fraction of tests passed
               with `stage.code.partial_credit`. Code prompts carry `tests` (`pipeline.data.code_tasks`).
+* lenient   - R1-Zero's warm-up for a base model that never writes `\\boxed{}`: 1.0 when the last
+              number of the completion equals the numeric gold answer, with no format asked; None for
+              code prompts and non-numeric gold. Off by default (weight 0 or absent): a boxed right
+              answer also earns it, so boxing stays strictly better.
 * helpfulness, harmlessness - stage-4's reward models (σ of the RM logit): helpfulness sees only the
               answer after `</think>`, harmlessness the whole response.
 """
@@ -104,6 +108,28 @@ def code_reward(completions: list[str], records: list[dict], ctx: RewardContext)
         ctx.sandbox = ctx.sandbox or Sandbox()
         for i, outcome in zip(where, ctx.sandbox.run_many(jobs)):
             out[i] = outcome.fraction if ctx.code_partial_credit else float(outcome.passed)
+    return out
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number_correct(completion: str, gold: str) -> Optional[bool]:
+    """Is the last number in `completion` equal to a numeric `gold`? None when gold is not a number."""
+    try:
+        target = float(str(gold).replace(",", "").strip())
+    except ValueError:
+        return None
+    found = _NUMBER.findall(completion[:MAX_COMPLETION_CHARS].replace(",", ""))
+    return bool(found) and abs(float(found[-1]) - target) < 1e-9
+
+
+def lenient_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[Optional[float]]:
+    """The last number against the gold answer, no format asked; None for code and non-numeric gold."""
+    out: list[Optional[float]] = []
+    for c, r in zip(completions, records):
+        ok = None if is_code(r) or r.get("answer") is None else last_number_correct(c, r["answer"])
+        out.append(None if ok is None else float(ok))
     return out
 
 
@@ -225,6 +251,7 @@ REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,  # maths and reasoning-gym answers
     "code": code_reward,  # programs run against tests in the sandbox
     "format": format_reward,
+    "lenient": lenient_reward,  # last number right, no format (R1-Zero on a base model that never boxes)
     "language": language_reward,
     "helpfulness": helpfulness_reward,  # reward model, general prompts (stage-4)
     "harmlessness": harmlessness_reward,  # reward model, general prompts (stage-4)

@@ -13,6 +13,7 @@ from pipeline.rl.rewards import (
     format_reward,
     language_reward,
     language_share,
+    lenient_reward,
     score,
 )
 from pipeline.rl.verify import Verifier
@@ -33,7 +34,15 @@ def math_rec(answer):
 
 
 def test_registry_names():
-    assert set(REWARDS) == {"accuracy", "code", "format", "language", "helpfulness", "harmlessness"}
+    assert set(REWARDS) == {
+        "accuracy",
+        "code",
+        "format",
+        "language",
+        "lenient",
+        "helpfulness",
+        "harmlessness",
+    }
 
 
 def test_accuracy_math_verify_equivalences(ctx):
@@ -144,6 +153,18 @@ def test_language_reward(ctx):
     ]
     out = language_reward(comps, [{}] * 4, ctx)
     assert out[0] == 1.0 and out[1] == pytest.approx(3 / 5) and out[2] == 0.0 and out[3] == 1.0
+
+
+def test_lenient_reward_reads_the_last_number_and_skips_what_it_cannot_judge(ctx):
+    """R1-Zero's warm-up reward: the base model's own "The answer is 10." earns it, a boxed right
+    answer earns it too (so boxing stays strictly better under accuracy + lenient), an earlier right
+    number followed by a wrong one does not, and code prompts or non-numeric gold get None."""
+    comps = ["The answer is 1,000.", GOOD, "4 or maybe 5", "no number", "The answer is 10."]
+    recs = [math_rec("1000"), math_rec("4"), math_rec("4"), math_rec("4"), {"task": "code", "tests": ["assert 1"]}]
+    assert lenient_reward(comps, recs, ctx) == [1.0, 1.0, 0.0, 0.0, None]
+    assert lenient_reward(["x = 3"], [math_rec("\\frac{1}{2}")], ctx) == [None]
+    total, _ = score(["The answer is 4.", GOOD], [math_rec("4")] * 2, {"accuracy": 1.0, "lenient": 0.5}, ctx)
+    assert total == [0.5, 1.5]
 
 
 def test_score_weights_and_components(ctx):
