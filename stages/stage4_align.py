@@ -98,6 +98,7 @@ def prompt_pools(cfg, tokenizer, general: list[dict]) -> list[PromptPool]:
             dict(stage.rm_rewards),
             lambda step: general_prompts_at(step, stage),
             seed_offset=GENERAL_POOL_SEED_OFFSET,
+            std_floor=stage.rm_std_floor,
         ),
     ]
 

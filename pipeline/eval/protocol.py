@@ -51,6 +51,7 @@ CHECKS = {"accuracy": 1.0, "code": 1.0, "format": 1.0}
 R1_EVAL_TEMPERATURE = 0.6
 R1_EVAL_TOP_P = 0.95
 
+
 def evaluate_prompts(
     rollout,
     prompt_ids: list[list[int]],

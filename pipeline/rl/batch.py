@@ -65,6 +65,7 @@ class PromptPool:
     weights: dict[str, float]
     per_step: Callable[[int], int]  # prompts drawn at a step (over all ranks)
     seed_offset: int = 0  # keeps the pools' sampling seeds and prompt orders apart
+    std_floor: float | None = None  # the pool's advantage std floor; None: stage.adv_std_floor
 
 
 def merge(batches: list[Batch]) -> Batch:
@@ -155,8 +156,9 @@ def collect(
             elif stage.dynamic_sampling and flat and refill_round < rounds - 1:
                 counts["dropped"] += 1
             else:
+                floor = stage.adv_std_floor if pool.std_floor is None else pool.std_floor
                 advantages = maths.group_advantages(
-                    rewards, stage.group_size, scale_by_std=stage.scale_by_std, std_floor=stage.adv_std_floor
+                    rewards, stage.group_size, scale_by_std=stage.scale_by_std, std_floor=floor
                 )
                 for x, a in zip(group, advantages.tolist()):
                     x.advantage = a

@@ -160,12 +160,25 @@ def test_a_small_continuous_difference_is_not_blown_up_to_a_full_size_advantage(
     floored = group_advantages(flat_but_noisy, 8, std_floor=0.1)
     assert floored.abs().max() < 0.1  # in proportion to a 0.01 difference
     torch.testing.assert_close(group_advantages(one_right, 8, std_floor=0.1), group_advantages(one_right, 8))
-    rm_scores = torch.tensor([0.51, 0.50, 0.52, 0.50])  # stage-4: RM scores that barely differ
-    assert group_advantages(rm_scores, 4, std_floor=0.1).abs().max() < 0.15
     from pipeline.run.config import compose
 
     assert compose(["stage=stage2"]).stage.adv_std_floor == 0.1
     assert compose(["stage=stage4"]).stage.adv_std_floor == 0.1
+
+
+def test_rm_scores_get_their_own_floor_a_near_tie_stays_small_a_preference_keeps_its_size():
+    """Stage-4's RM σ-scores of one group differ by a few hundredths: the reasoning floor (0.1) cut a
+    real preference to a third; `rm_std_floor` (0.02) leaves it whole but still damps a near-tie."""
+    from pipeline.run.config import compose
+
+    floor = compose(["stage=stage4"]).stage.rm_std_floor
+    assert floor == 0.02
+    near_tie = torch.tensor([0.501, 0.500, 0.502, 0.500])
+    assert group_advantages(near_tie, 4).abs().max() > 1.0  # unfloored: noise at full size
+    assert group_advantages(near_tie, 4, std_floor=floor).abs().max() < 0.1
+    preference = torch.tensor([0.55, 0.50, 0.60, 0.50])  # std 0.048
+    torch.testing.assert_close(group_advantages(preference, 4, std_floor=floor), group_advantages(preference, 4))
+    assert group_advantages(preference, 4, std_floor=0.1).abs().max() < 0.8  # what the shared floor did
 
 
 def test_tis_weights_token_and_sequence_level_by_hand():

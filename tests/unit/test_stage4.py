@@ -4,11 +4,13 @@ schedule, the reward-hacking watch, and the preference data."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pipeline.data.preferences import embedded_harmlessness, embedded_helpfulness, load_preferences, split
 from pipeline.data.sources import DataError
 from pipeline.eval.protocol import evaluate_general, prompt_rows
 from pipeline.rl.batch import PromptPool, collect, merge
+from pipeline.rl.maths import group_advantages
 from pipeline.rl.metrics import batch_metrics
 from pipeline.rl.rewards import RewardContext, score
 from pipeline.rl.rollout import Completion, Sampling
@@ -119,6 +121,38 @@ def test_reasoning_prompts_get_rule_rewards_and_general_prompts_reward_models(ve
         if expect_general:
             assert m["reward/helpfulness"] == pytest.approx(1 / (1 + 2.718281828**-1), rel=1e-6)
             assert m["reward/helpfulness_std"] == pytest.approx(0.0) and m["samples/general"] == 4
+
+
+class SlightlyLongerIsBetterRM:
+    """A logit that grows a little with the response's length: σ-scores a few hundredths apart."""
+
+    def __call__(self, prompts, responses):
+        return [0.01 * len(r) for r in responses]
+
+
+class WordyRollout:
+    def generate(self, prompts, sampling, **kw):
+        return [
+            [Completion([1], [0.0], "<think>\nx\n</think>\n\n" + "word " * (j + 1), False) for j in range(sampling.n)]
+            for _ in prompts
+        ]
+
+
+def test_a_pools_std_floor_replaces_the_stages_for_its_groups(verifier):
+    """Stage-4 gives its general pool `stage.rm_std_floor`; a pool without one uses `adv_std_floor`."""
+    cfg = compose(["stage=stage4", "stage.group_size=4", "stage.rm_rewards={helpfulness: 1.0}"])
+    ctx = RewardContext(verifier=verifier, reward_models={"helpfulness": SlightlyLongerIsBetterRM()})
+    general = [{"id": "g", "question": "chat", "answer": None, "task": "general", "entry": None}]
+    advantages = {}
+    for floor in (None, 0.02, 0.1):
+        pool = PromptPool("general", general, [[1]], {"helpfulness": 1.0}, lambda st: 1, std_floor=floor)
+        batch, _ = collect(WordyRollout(), pool, 0, 0, cfg, ctx, 0, 1, [0])
+        rewards = torch.tensor([x.reward for x in batch.samples])
+        advantages[floor] = torch.tensor([x.advantage for x in batch.samples])
+        expect = group_advantages(rewards, 4, std_floor=cfg.stage.adv_std_floor if floor is None else floor)
+        torch.testing.assert_close(advantages[floor], expect)
+    assert 0 < rewards.std() < 0.02  # answers a word apart in length: σ-scores barely apart
+    assert advantages[0.02].abs().max() > 2 * advantages[0.1].abs().max()
 
 
 def test_schedule_limits_general_prompts_to_the_last_steps():
