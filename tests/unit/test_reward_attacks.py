@@ -58,3 +58,12 @@ def test_a_verifier_worker_that_dies_costs_one_timeout_not_the_run():
         assert time.time() - t0 < 15 and v.timeouts == 2
     finally:
         v.close()
+
+
+def test_the_lenient_reward_reads_every_attack_in_bounded_time(ctx):
+    """R1-Zero's opt-in last-number reward parses no LaTeX, so it must stay fast on every case."""
+    names, completions, records = zip(*CASES)
+    t0 = time.perf_counter()
+    total, parts = score(list(completions), list(records), {"lenient": 1.0}, ctx)
+    assert time.perf_counter() - t0 < 2.0
+    assert all(x in (0.0, 1.0, None) for x in parts["lenient"]) and all(math.isfinite(x) for x in total)
