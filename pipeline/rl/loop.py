@@ -343,8 +343,10 @@ def _save_reference(reference, folder: Path) -> None:
 
 
 def heldout_test(folder: Path) -> dict:
-    """McNemar's paired test of the first held-out eval (the init model) against the last one; where
-    general prompts were scored by reward models, a sign test of each RM score per prompt too."""
+    """McNemar's paired test of the first held-out eval (the init model) against the last one, on the
+    verdicts and on the format-free last-number read-out (`heldout_lenient_*`: what R1-Zero from a base
+    model that never boxes can show); where general prompts were scored by reward models, a sign test
+    of each RM score per prompt too."""
     files = sorted(folder.glob("step_*.jsonl")) if folder.exists() else []
     if len(files) < 2:
         return {}
@@ -354,6 +356,9 @@ def heldout_test(folder: Path) -> dict:
         "heldout_test": "mcnemar_exact",
         "heldout_steps": [int(files[0].stem.split("_")[1]), int(files[-1].stem.split("_")[1])],
     }
+    pairs = [(a["lenient"], b["lenient"]) for a, b in zip(first, last) if a.get("lenient") is not None]
+    if pairs:
+        out |= {f"heldout_lenient_{k}": v for k, v in mcnemar(*zip(*pairs)).items()}
     general = sorted(folder.glob("general_step_*.jsonl"))
     if len(general) >= 2:
         first, last = (read_jsonl(f) for f in (general[0], general[-1]))

@@ -175,3 +175,22 @@ def test_each_benchmark_file_loads(name, first_answer):
         assert recs[0]["answer"] == first_answer
     if name == "aime24":
         assert len(recs) == 30
+
+
+def test_the_rl_summary_tests_verdicts_and_the_last_number_readout_by_mcnemar(tmp_path):
+    """R1-Zero from a base model that never boxes has no verdict to gain; its held-out summary still
+    compares the first and last evals on the last-number read-out (code rows, lenient None, are left out)."""
+    from pipeline.rl.loop import heldout_test
+
+    def rows(correct, lenient):
+        return [{"id": str(i), "greedy_correct": c, "lenient": x} for i, (c, x) in enumerate(zip(correct, lenient))]
+
+    first = rows([False] * 6, [False, False, False, True, True, None])
+    last = rows([False] * 6, [True, True, True, True, False, None])
+    write_jsonl(first, tmp_path / "step_00000.jsonl")
+    write_jsonl(last, tmp_path / "step_00024.jsonl")
+    s = heldout_test(tmp_path)
+    assert (s["heldout_gained"], s["heldout_lost"], s["heldout_steps"]) == (0, 0, [0, 24])
+    assert (s["heldout_lenient_n"], s["heldout_lenient_gained"], s["heldout_lenient_lost"]) == (5, 3, 1)
+    assert s["heldout_lenient_before"] == pytest.approx(0.4) and s["heldout_lenient_after"] == pytest.approx(0.8)
+    assert s["heldout_lenient_p"] == pytest.approx(0.625)  # 2 * P(X <= 1), X ~ Bin(4, 1/2)
