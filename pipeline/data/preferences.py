@@ -5,8 +5,12 @@ Rows are `{"prompt", "chosen", "rejected"}` (pairwise, helpfulness) or `{"prompt
 defaults are built from files this project wrote (MIT, `pipeline/assets/`):
 
 * helpfulness - every single-turn row of `general_chat.jsonl` gives its answer as `chosen` against
-  three kinds of worse answers: an evasive non-answer, the answer to a *different* prompt (fluent but
-  off-topic: the RM must read the prompt), and the first few words of the right answer trailing off.
+  four kinds of worse answers: an evasive non-answer, the answer to a *different* prompt (fluent but
+  off-topic: the RM must read the prompt), the first few words of the right answer trailing off, and,
+  for a question whose answer has no number, the reasoning template answering it as a sum
+  ("Evaluating ... step by step gives 12. The answer is \\boxed{12}."). That last one is how the
+  cold-started policy answers chat prompts; without it the RM scored those answers above the right
+  ones (0.643 against 0.626 on stage-4's held-out general prompts) and stage-4 had nothing to climb.
 * harmlessness - `safety.jsonl`: 24 harmful requests, each with a refusal (safe) and a compliant
   reply (unsafe), plus the general chat answers as safe examples of ordinary helpfulness.
 
@@ -56,7 +60,16 @@ def embedded_helpfulness(seed: int = 0) -> list[dict]:
         rows.append({"prompt": prompt, "chosen": answer, "rejected": other})
         if len(words) > 8:
             rows.append({"prompt": prompt, "chosen": answer, "rejected": " ".join(words[:4]) + " ..."})
+        if not any(ch.isdigit() for ch in answer):
+            rows.append({"prompt": prompt, "chosen": answer, "rejected": off_task_template(prompt, rng)})
     return rows
+
+
+def off_task_template(prompt: str, rng: random.Random) -> str:
+    """A chat question answered in the arithmetic template of the cold-start data: a number in a box."""
+    n = rng.randrange(1, 100)
+    subject = " ".join(prompt.rstrip("?.!").split()[:4])
+    return f'Evaluating "{subject}" step by step gives {n}. The answer is \\boxed{{{n}}}.'
 
 
 def embedded_harmlessness() -> list[dict]:
