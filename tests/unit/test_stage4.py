@@ -259,6 +259,12 @@ def test_embedded_preferences_are_well_formed_and_split_by_prompt():
     assert len(pairs) > 100 and all(p["chosen"] != p["rejected"] for p in pairs)
     train, held = split(pairs, 0.25)
     assert held and not {p["prompt"] for p in train} & {p["prompt"] for p in held}
+    # the policy's failure on chat prompts (a boxed number) is a rejected answer, but only where the
+    # right answer has no number: "What is 12 + 3?" answered as a sum is not off task
+    templated = [p for p in pairs if p["rejected"].startswith("Evaluating ") and "\\boxed{" in p["rejected"]]
+    assert len(templated) > 30 and not any(ch.isdigit() for p in templated for ch in p["chosen"])
+    numeric = {p["prompt"] for p in pairs if any(ch.isdigit() for ch in p["chosen"])}
+    assert numeric and not numeric & {p["prompt"] for p in templated}
     rows = embedded_harmlessness()
     assert {r["safe"] for r in rows} == {True, False}
     assert sum(not r["safe"] for r in rows) == 24
