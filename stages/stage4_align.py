@@ -9,6 +9,9 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
   the helpfulness RM sees only the final summary (after `</think>`), the harmlessness RM the whole
   response (`pipeline.rl.rewards`). RMs are any HF sequence-classification folders, by path or by
   the name of a `make train-rm` stage; they are scored in batches on the trainer's device.
+* **advantages**: a general group's RM σ-scores spread by a few hundredths, so its std floor is
+  `stage.rm_std_floor` (0.02), not the reasoning groups' `adv_std_floor` (0.1), which cut a real
+  preference to a third of a full-size advantage; a near-tie (0.002 apart) still stays small.
 * **schedule**: general prompts, and with them the preference rewards, enter only in the last
   `general_last_steps` steps (R1 used the last 400 of 1,700: longer preference training invited
   reward hacking). Rollout temperature is `stage.rollout.temperature` (R1: 0.7).
