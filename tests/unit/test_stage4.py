@@ -189,20 +189,20 @@ def test_stage4_config_checks_reward_names():
 
 def test_general_prompts_come_from_the_chat_asset():
     recs = general_prompts("pipeline/assets/general_chat.jsonl")
-    assert len(recs) == 56 and recs[0]["question"] == "Hello!" and recs[0]["answer"] is None
+    assert len(recs) == 108 and recs[0]["question"] == "Hello!" and recs[0]["answer"] is None
 
 
 def test_held_out_general_prompts_are_a_fixed_pick_never_trained_on():
     recs = general_prompts("pipeline/assets/general_chat.jsonl")
     train, held = split_general(recs, 16)
-    assert len(held) == 16 and len(train) == 40
+    assert len(held) == 16 and len(train) == 92
     assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
     assert sorted(r["id"] for r in train + held) == sorted(r["id"] for r in recs)
     assert split_general(recs, 16) == (train, held)  # the same pick on every rank and every resume
     assert held != recs[:16]  # spread over the file, not its first (greeting) rows
     assert split_general(recs, 0) == (recs, [])
     with pytest.raises(DataError, match="stage.general_eval_prompts"):
-        split_general(recs, 56)
+        split_general(recs, 108)
 
 
 class SummaryRollout:
