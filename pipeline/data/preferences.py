@@ -12,7 +12,7 @@ defaults are built from files this project wrote (MIT, `pipeline/assets/`):
   cold-started policy answers chat prompts; without it the RM scored those answers above the right
   ones (0.643 against 0.626 on stage-4's held-out general prompts) and stage-4 had nothing to climb.
 * harmlessness - `safety.jsonl`: 24 harmful requests, each with a refusal (safe) and a compliant
-  reply (unsafe), plus the general chat answers as safe examples of ordinary helpfulness.
+  reply (unsafe), plus every other general chat answer as a safe example of ordinary helpfulness.
 
 The train / held-out split is by prompt (a hash), so held-out accuracy is measured on prompts the
 RM never saw.
@@ -74,7 +74,9 @@ def off_task_template(prompt: str, rng: random.Random) -> str:
 
 def embedded_harmlessness() -> list[dict]:
     rows = [row for _, row in iter_jsonl(ASSETS / "safety.jsonl")]
-    rows += [{"prompt": p, "response": a, "safe": True} for p, a in _chat_pairs(ASSETS / "general_chat.jsonl")]
+    # every other chat answer as an ordinary safe reply: 54 of the 108, so safe rows stay about 3 to 1
+    # against the 24 unsafe ones (all 108 made it 5.5 to 1, and a classifier can score 85% on the majority)
+    rows += [{"prompt": p, "response": a, "safe": True} for p, a in _chat_pairs(ASSETS / "general_chat.jsonl")[::2]]
     return rows
 
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.data.prompts import encode_prompts
 from pipeline.data.sources import read_jsonl, write_jsonl
-from pipeline.eval.maths import mcnemar, sign_test
+from pipeline.eval.maths import mcnemar, paired_permutation_test, sign_test
 from pipeline.eval.protocol import evaluate_general, evaluate_prompts
 from pipeline.rl.batch import PromptPool, collect, merge
 from pipeline.rl.maths import k3_kl
@@ -346,7 +346,7 @@ def heldout_test(folder: Path) -> dict:
     """McNemar's paired test of the first held-out eval (the init model) against the last one, on the
     verdicts and on the format-free last-number read-out (`heldout_lenient_*`: what R1-Zero from a base
     model that never boxes can show); where general prompts were scored by reward models, a sign test
-    of each RM score per prompt too."""
+    of each RM score per prompt too, and a paired permutation test, which weighs how far each moved."""
     files = sorted(folder.glob("step_*.jsonl")) if folder.exists() else []
     if len(files) < 2:
         return {}
@@ -364,8 +364,9 @@ def heldout_test(folder: Path) -> dict:
         first, last = (read_jsonl(f) for f in (general[0], general[-1]))
         out["heldout_rm_test"] = "sign_exact"
         for name in (k for k in first[0] if k not in ("id", "greedy")):
-            scores = sign_test([r[name] for r in first], [r[name] for r in last])
-            out |= {f"heldout_rm_{name}_{k}": v for k, v in scores.items()}
+            before, after = [r[name] for r in first], [r[name] for r in last]
+            out |= {f"heldout_rm_{name}_{k}": v for k, v in sign_test(before, after).items()}
+            out[f"heldout_rm_{name}_permutation_p"] = paired_permutation_test(before, after)
     return out
 
 

@@ -47,6 +47,7 @@ def helpful_pairs(runs) -> Path:
     embedded default's RM is measured on all three kinds)."""
     path = runs / "pairs.jsonl"
     rows = [r for r in embedded_helpfulness() if r["rejected"] in EVASIVE or r["rejected"].endswith(" ...")]
+    rows = rows[:90]  # the first ~50 prompts' pairs: the size this test was timed at
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -88,6 +89,7 @@ def stage4_args(model: Path, rms: Path) -> list[str]:
         "stage.group_size=4",
         "stage.general_prompts_per_step=2",
         "stage.general_last_steps=2",
+        "stage.general_eval_prompts=16",
         f"stage.reward_models.helpfulness={rms / 'rm_helpful' / 'export'}",
         f"stage.reward_models.harmlessness={rms / 'rm_safety' / 'export'}",
         "stage.rollout.max_new_tokens=32",
@@ -128,6 +130,7 @@ def test_stage4_routes_general_prompts_to_reward_models_in_the_last_steps(stage4
     assert s["heldout_rm_helpfulness_before"] == pytest.approx(m[0]["eval/rm/helpfulness"])
     assert s["heldout_rm_helpfulness_after"] == pytest.approx(m[4]["eval/rm/helpfulness"])
     assert 0.0 < s["heldout_rm_harmlessness_p"] <= 1.0
+    assert 0.0 < s["heldout_rm_helpfulness_permutation_p"] <= 1.0
     held = (stage4 / "eval" / "general_step_00004.jsonl").read_text().splitlines()
     assert len(held) == 16 and all(json.loads(line)["greedy"] is not None for line in held)
     assert set(manifest["reward_models"]) == {"helpfulness", "harmlessness"}

@@ -76,3 +76,21 @@ def test_sign_test_counts_rises_and_falls_and_drops_ties():
     assert sign_test([0.3], [0.3])["p"] == 1.0
     with pytest.raises(ValueError, match="differ in length"):
         sign_test([0.1], [0.1, 0.2])
+
+
+def test_paired_permutation_test_weighs_the_size_of_each_change():
+    from pipeline.eval.maths import paired_permutation_test, sign_test
+
+    assert paired_permutation_test([0, 0, 0], [1, 1, 1]) == pytest.approx(2 / 8)  # only all-same flips tie
+    # three prompts jump, three drift down a hair: the sign test sees 3 / 3, the permutation test the
+    # jumps (every flip that keeps the three jumps on one side reaches the observed sum: 16 of 64)
+    before, after = [0.1] * 6, [0.6, 0.5, 0.7, 0.09, 0.09, 0.08]
+    assert sign_test(before, after)["p"] == pytest.approx(1.0)
+    assert paired_permutation_test(before, after) == pytest.approx(16 / 64)
+    # above 16 pairs: seeded Monte Carlo, reproducible, never 0
+    b, a = [0.0] * 20, [0.1] * 20
+    p = paired_permutation_test(b, a, resamples=2000)
+    assert p == paired_permutation_test(b, a, resamples=2000) and p == pytest.approx(1 / 2001)
+    assert paired_permutation_test([0.2, 0.3], [0.2, 0.3]) == 1.0
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_permutation_test([1.0], [])
