@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("vllm", reason="vLLM is installed by `make setup`")
 
 
+@pytest.mark.slow  # 127 s: the benchmark harness, run by make bench
 def test_tiny_benchmark_runs_and_reports_sane_numbers():
     p = subprocess.run(
         [sys.executable, "scripts/bench.py", "mode=tiny"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800

@@ -75,7 +75,7 @@ def test_humaneval_runs_through_the_sandbox(tmp_path, warm_tiny_model_dir):
     assert "greedy_lenient" not in he  # no last-number reading for programs
 
 
-@pytest.mark.slow  # make test covers it in test_pipeline's 2-process run (base model's figures equal)
+@pytest.mark.slow  # the 2-process eval, like test_pipeline's 2-process run (both in make test-slow)
 def test_eval_on_two_processes_shards_the_prompts_and_equals_one_process(tmp_path, warm_tiny_model_dir):
     models = f"stage.models=[{warm_tiny_model_dir}]"
     one, two = tmp_path / "one", tmp_path / "two"

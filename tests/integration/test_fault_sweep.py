@@ -107,6 +107,7 @@ def runs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("faults")
 
 
+@pytest.mark.slow  # 104 s: the fault sweep is the slow tier; make test keeps one kill-and-resume test per stage
 def test_stage1_survives_its_named_kill_points_and_a_random_kill(runs, tiny_model_dir):
     case = stage1(tiny_model_dir)
     report = sweep(case, runs / "quick", kills=1, seed=seed(), compare=exact)

@@ -90,6 +90,8 @@ def test_second_pipeline_skips_finished_stages_and_reuses_eval(first_run):
     assert seconds < 240, seconds
 
 
+# 190 s: make test keeps 2-process RL, SFT and stage-4 (test_rl_multiproc, test_stage1_resume, test_stage4_align)
+@pytest.mark.slow
 def test_every_stage_runs_on_two_processes(first_run, tmp_path):
     """Issue 15: the whole pipeline on 2 processes (gloo): stage-3 shards its sampling over the ranks and
     then trains, the reward models and stage-4 train data-parallel, eval shards its prompts."""

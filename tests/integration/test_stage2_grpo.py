@@ -103,6 +103,7 @@ def test_kill_and_resume_reproduces_the_metrics(reference, runs, warm_tiny_model
     assert metrics(stage) == metrics(reference)
 
 
+@pytest.mark.slow  # 51 s: a fault-sweep regression; make test keeps test_kill_and_resume_reproduces_the_metrics
 def test_a_kill_before_the_first_checkpoint_does_not_log_the_first_eval_twice(reference, runs, warm_tiny_model_dir):
     """Found by the fault sweep: killed in step 1's rollout, after the step-0 eval was logged, the resumed
     run evaluated step 0 again and metrics.jsonl held it twice."""
@@ -114,6 +115,7 @@ def test_a_kill_before_the_first_checkpoint_does_not_log_the_first_eval_twice(re
     assert metrics(runs / "early" / "stage2") == metrics(reference)
 
 
+@pytest.mark.slow  # 116 s; make test keeps the stronger held-out learning test below
 def test_grpo_raises_the_reward_of_a_learnable_task(runs, warm_tiny_model_dir):
     """GRPO must learn, not just run. The task a 2-layer model can learn in two minutes is R1-Zero's
     first lesson, the output format (one think block, then a boxed answer), from a policy that gets
