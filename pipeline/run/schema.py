@@ -237,7 +237,8 @@ class AlignStageConfig(GRPOStageConfig):
     general_path: str = "pipeline/assets/general_chat.jsonl"  # general prompts (chat JSONL: first user turn)
     # general prompts added per step once the preference phase starts. Measured (README, Stage 4): 2 per
     # step in the last 4 of 8 steps moved held-out helpfulness 0.216 -> 0.183; 4 per step in all 8 steps
-    # 0.216 -> 0.287 with reasoning held (26.6% -> 27.1%, 512 prompts)
+    # 0.216 -> 0.287 with reasoning held (26.6% -> 27.1%, 512 prompts); rerun on the 108-prompt asset
+    # with 32 held out it fell, 0.203 -> 0.139: neither setting raises it reliably yet (README, Stage 4)
     general_prompts_per_step: int = 4
     # general prompts held out of training: at every held-out eval their greedy answers are scored by the
     # reward models (eval/rm/<name>), and the first and last evals are compared per prompt (sign test)
