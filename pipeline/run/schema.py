@@ -241,7 +241,8 @@ class AlignStageConfig(GRPOStageConfig):
     # with 32 held out it fell, 0.203 -> 0.139: neither setting raises it reliably yet (README, Stage 4)
     general_prompts_per_step: int = 4
     # general prompts held out of training: at every held-out eval their greedy answers are scored by the
-    # reward models (eval/rm/<name>), and the first and last evals are compared per prompt (sign test)
+    # reward models (eval/rm/<name>), and the first and last evals are compared per prompt (sign test and
+    # paired permutation test)
     general_eval_prompts: int = 32  # of the 108 embedded prompts: 76 left to train on
     # std floor of the general (RM-scored) groups' advantages. The RMs' σ-scores of one step's general
     # samples spread by only 0.05-0.12 (reward/helpfulness_std), so the reasoning floor of 0.1 cut their

@@ -44,7 +44,7 @@ def runs(tmp_path_factory):
 def helpful_pairs(runs) -> Path:
     """The embedded pairs a 2-layer random-init model can learn: answers against evasive non-answers and
     trailing-off fragments (telling an off-topic answer apart needs a pretrained model; the
-    embedded default's RM is measured on all three kinds)."""
+    embedded default's RM is measured on all four kinds)."""
     path = runs / "pairs.jsonl"
     rows = [r for r in embedded_helpfulness() if r["rejected"] in EVASIVE or r["rejected"].endswith(" ...")]
     rows = rows[:90]  # the first ~50 prompts' pairs: the size this test was timed at
