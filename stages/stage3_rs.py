@@ -12,7 +12,7 @@ Sampling seeds depend on the prompt's global index only, so the output does not 
 run was interrupted.
 
 Phase 2, dataset. Rank 0 concatenates the shards, mixes in general (non-reasoning) chat data at
-`general.ratio` rows per reasoning row, and writes a versioned dataset folder `data/dataset/`:
+`general.ratio` rows per reasoning row (never a row marked `held_out`: stage-4 evaluates on those), and writes a versioned dataset folder `data/dataset/`:
 `train.jsonl` (loads with `datasets.load_dataset("json", ...)`), `stats.json` (prompts seen,
 samples generated, removals per filter, pass rate per task, length distribution) and
 `dataset_info.json` (version = content hash). The manifest names both files.
@@ -226,7 +226,8 @@ def _batched(it, n):
 
 
 def general_rows(cfg, n_reasoning: int) -> list[dict]:
-    """General chat rows at `general.ratio` per reasoning row, sampled with the stage seed."""
+    """General chat rows at `general.ratio` per reasoning row, sampled with the stage seed; rows marked
+    `held_out` (stage-4's held-out general prompts) are left out."""
     g = cfg.stage.general
     if g.source == "none" or g.ratio <= 0 or n_reasoning == 0:
         return []
@@ -243,7 +244,8 @@ def general_rows(cfg, n_reasoning: int) -> list[dict]:
             system_prompt=g.system_prompt,
         )
     )
-    rows = data_lib.load_rows(dcfg)
+    # rows marked held_out are stage-4's held-out general prompts: never trained on before that eval
+    rows = [r for r in data_lib.load_rows(dcfg) if not r.get("held_out")]
     want = min(len(rows), round(g.ratio * n_reasoning))
     picked = random.Random(cfg.stage.seed).sample(rows, want)
     out = []

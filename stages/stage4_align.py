@@ -15,8 +15,9 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
 * **schedule**: general prompts, and with them the preference rewards, enter only in the last
   `general_last_steps` steps (R1 used the last 400 of 1,700: longer preference training invited
   reward hacking). Rollout temperature is `stage.rollout.temperature` (R1: 0.7).
-* **held-out general prompts**: `stage.general_eval_prompts` of the general prompts (a fixed seeded
-  pick) never enter training; every held-out eval scores their greedy answers with the reward models,
+* **held-out general prompts**: the rows `stage.general_path` marks `"held_out": true` (32 of the
+  embedded 108; stage-3's general mix leaves them out too), or in a file that marks none a fixed seeded
+  pick of `stage.general_eval_prompts`, never enter training; every held-out eval scores their greedy answers with the reward models,
   and the summary tests the first eval against the last per prompt (sign test), beside the reasoning
   prompts' McNemar test, so "the RM score rose" and "reasoning held" are both measured on unseen prompts.
 * **reward-hacking watch** (`pipeline.rl.watch.hacking_watch`): per step, whether the RM reward rose
@@ -65,14 +66,24 @@ def general_prompts(path: str) -> list[dict]:
             raise DataError(f"{p}:{lineno}: expected a 'messages' list")
         user = next((m.get("content") for m in messages if m.get("role") == "user"), None)
         if user:
-            out.append({"id": f"{p.name}:{lineno}", "question": user, "answer": None, "task": "general", "entry": None})
+            rec = {"id": f"{p.name}:{lineno}", "question": user, "answer": None, "task": "general", "entry": None}
+            out.append({**rec, "held_out": True} if row.get("held_out") is True else rec)
     if not out:
         raise DataError(f"{p}: no user prompts")
     return out
 
 
 def split_general(records: list[dict], held_out: int) -> tuple[list[dict], list[dict]]:
-    """(training, held-out) general prompts: a fixed seeded pick of `held_out` is kept for the eval."""
+    """(training, held-out) general prompts. The rows the file marks `held_out` (the embedded asset marks
+    32, which stage-3's general mix also leaves out); in a file that marks none, a fixed seeded pick of
+    `held_out` (`stage.general_eval_prompts`)."""
+    marked = [r for r in records if r.get("held_out")]
+    if marked:
+        if len(marked) == len(records):
+            raise DataError(
+                "config key 'stage.general_path': every general prompt is marked held_out: none to train on"
+            )
+        return [r for r in records if not r.get("held_out")], marked
     if not 0 <= held_out < len(records):
         raise DataError(
             f"config key 'stage.general_eval_prompts': {held_out} held out of {len(records)} general prompts "

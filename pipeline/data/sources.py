@@ -125,7 +125,9 @@ def normalise(rows: Iterable[tuple[str, dict]], cfg: DictConfig) -> list[dict]:
                     f"{where}: assistant answer is not in R1 format (one <think>…</think> block, then an "
                     "answer with \\boxed{…}); fix the row or set data.require_r1_format=false"
                 )
-        out.append({"messages": messages})
+        # a row marked held_out is an evaluation prompt (stage-4's held-out general prompts): kept, flagged,
+        # so a stage that trains on the set can leave it out
+        out.append({"messages": messages, "held_out": True} if row.get("held_out") is True else {"messages": messages})
     if not out:
         raise DataError("no usable rows in the data source")
     return out

@@ -240,10 +240,12 @@ class AlignStageConfig(GRPOStageConfig):
     # 0.216 -> 0.287 with reasoning held (26.6% -> 27.1%, 512 prompts); rerun on the 108-prompt asset
     # with 32 held out it fell, 0.203 -> 0.139: neither setting raises it reliably yet (README, Stage 4)
     general_prompts_per_step: int = 4
-    # general prompts held out of training: at every held-out eval their greedy answers are scored by the
+    # general prompts held out of training: the rows general_path marks "held_out": true (the embedded
+    # asset marks 32 of 108, which stage-3's general mix leaves out too); in a file that marks none, a fixed
+    # seeded pick of general_eval_prompts. At every held-out eval their greedy answers are scored by the
     # reward models (eval/rm/<name>), and the first and last evals are compared per prompt (sign test and
     # paired permutation test)
-    general_eval_prompts: int = 32  # of the 108 embedded prompts: 76 left to train on
+    general_eval_prompts: int = 32
     # std floor of the general (RM-scored) groups' advantages. The RMs' σ-scores of one step's general
     # samples spread by only 0.05-0.12 (reward/helpfulness_std), so the reasoning floor of 0.1 cut their
     # advantages to a third or less and helpfulness did not move (held out: 0.643 -> 0.645, README). 0.02

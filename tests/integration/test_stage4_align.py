@@ -89,7 +89,6 @@ def stage4_args(model: Path, rms: Path) -> list[str]:
         "stage.group_size=4",
         "stage.general_prompts_per_step=2",
         "stage.general_last_steps=2",
-        "stage.general_eval_prompts=16",
         f"stage.reward_models.helpfulness={rms / 'rm_helpful' / 'export'}",
         f"stage.reward_models.harmlessness={rms / 'rm_safety' / 'export'}",
         "stage.rollout.max_new_tokens=32",
@@ -126,13 +125,13 @@ def test_stage4_routes_general_prompts_to_reward_models_in_the_last_steps(stage4
     manifest = json.loads((stage4 / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["kind"] == "align"
     s = manifest["summary"]
-    assert s["heldout_rm_helpfulness_n"] == 16 and s["heldout_rm_test"] == "sign_exact"
+    assert s["heldout_rm_helpfulness_n"] == 32 and s["heldout_rm_test"] == "sign_exact"
     assert s["heldout_rm_helpfulness_before"] == pytest.approx(m[0]["eval/rm/helpfulness"])
     assert s["heldout_rm_helpfulness_after"] == pytest.approx(m[4]["eval/rm/helpfulness"])
     assert 0.0 < s["heldout_rm_harmlessness_p"] <= 1.0
     assert 0.0 < s["heldout_rm_helpfulness_permutation_p"] <= 1.0
     held = (stage4 / "eval" / "general_step_00004.jsonl").read_text().splitlines()
-    assert len(held) == 16 and all(json.loads(line)["greedy"] is not None for line in held)
+    assert len(held) == 32 and all(json.loads(line)["greedy"] is not None for line in held)
     assert set(manifest["reward_models"]) == {"helpfulness", "harmlessness"}
 
 

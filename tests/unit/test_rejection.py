@@ -140,6 +140,19 @@ def test_dataset_mixes_general_data_and_loads_with_datasets(tmp_path):
     assert all(r["messages"][-1]["content"].startswith("<think>\n\n</think>\n\n") for r in general)
 
 
+def test_general_mix_never_takes_a_row_stage4_holds_out():
+    from stages.stage3_rs import general_rows
+    from stages.stage4_align import general_prompts, split_general
+
+    cfg = compose(["stage=stage3", "stage.general.ratio=10.0"])  # asks for more than the asset holds
+    rows = general_rows(cfg, 100)
+    _, held = split_general(general_prompts(cfg.stage.general.path), 0)
+    asked = {r["messages"][-2]["content"] for r in rows}
+    assert len(rows) == 76 and len(asked) == 76  # all 108 but the 32 marked held_out
+    assert asked.isdisjoint(r["question"] for r in held)
+    assert not any("held_out" in r for r in rows)
+
+
 def test_free_text_gold_answers_are_recognised():
     from pipeline.rl.verify import is_free_text
 

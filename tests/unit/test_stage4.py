@@ -3,6 +3,8 @@ schedule, the reward-hacking watch, and the preference data."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -190,19 +192,37 @@ def test_stage4_config_checks_reward_names():
 def test_general_prompts_come_from_the_chat_asset():
     recs = general_prompts("pipeline/assets/general_chat.jsonl")
     assert len(recs) == 108 and recs[0]["question"] == "Hello!" and recs[0]["answer"] is None
+    assert sum(bool(r.get("held_out")) for r in recs) == 32
 
 
-def test_held_out_general_prompts_are_a_fixed_pick_never_trained_on():
+def test_the_asset_holds_out_the_rows_it_marks(tmp_path):
     recs = general_prompts("pipeline/assets/general_chat.jsonl")
+    train, held = split_general(recs, 16)  # the marks win over the count
+    assert len(held) == 32 and len(train) == 76 and all(r["held_out"] for r in held)
+    assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
+    assert held[0]["id"] == "general_chat.jsonl:3" and held[-1]["id"] == "general_chat.jsonl:108"
+    everything = tmp_path / "all.jsonl"
+    everything.write_text('{"held_out": true, "messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DataError, match="every general prompt is marked held_out"):
+        split_general(general_prompts(str(everything)), 0)
+
+
+def test_a_file_that_marks_none_holds_out_a_fixed_pick(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(40)
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = general_prompts(str(path))
     train, held = split_general(recs, 16)
-    assert len(held) == 16 and len(train) == 92
+    assert len(held) == 16 and len(train) == 24
     assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
     assert sorted(r["id"] for r in train + held) == sorted(r["id"] for r in recs)
     assert split_general(recs, 16) == (train, held)  # the same pick on every rank and every resume
-    assert held != recs[:16]  # spread over the file, not its first (greeting) rows
+    assert held != recs[:16]  # spread over the file, not its first rows
     assert split_general(recs, 0) == (recs, [])
     with pytest.raises(DataError, match="stage.general_eval_prompts"):
-        split_general(recs, 108)
+        split_general(recs, 40)
 
 
 class SummaryRollout:
