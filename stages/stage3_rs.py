@@ -12,7 +12,8 @@ Sampling seeds depend on the prompt's global index only, so the output does not 
 run was interrupted.
 
 Phase 2, dataset. Rank 0 concatenates the shards, mixes in general (non-reasoning) chat data at
-`general.ratio` rows per reasoning row (never a row marked `held_out`: stage-4 evaluates on those), and writes a versioned dataset folder `data/dataset/`:
+`general.ratio` rows per reasoning row (never a row marked `held_out`: stage-4 evaluates on those), and
+writes a versioned dataset folder `data/dataset/`:
 `train.jsonl` (loads with `datasets.load_dataset("json", ...)`), `stats.json` (prompts seen,
 samples generated, removals per filter, pass rate per task, length distribution) and
 `dataset_info.json` (version = content hash). The manifest names both files.
