@@ -19,7 +19,8 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
   embedded 108; stage-3's general mix leaves them out too), or in a file that marks none a fixed seeded
   pick of `stage.general_eval_prompts`, never enter training; every held-out eval scores their greedy
   answers with the reward models, and the summary tests the first eval against the last per prompt
-  (sign test, paired permutation test), beside the reasoning prompts' McNemar test, so "the RM score rose" and "reasoning held" are both measured on unseen prompts.
+  (sign test, paired permutation test), beside the reasoning prompts' McNemar test, so "the RM score
+  rose" and "reasoning held" are both measured on unseen prompts.
 * **reward-hacking watch** (`pipeline.rl.watch.hacking_watch`): per step, whether the RM reward rose
   while rule accuracy fell over the last `watch_window` steps, and the response length against its
   starting level; a warning is printed when either trips.
