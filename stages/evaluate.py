@@ -130,8 +130,9 @@ def markdown_table(results: dict, benchmarks: list[str], k: int) -> str:
     return "\n".join(lines)
 
 
-def cached_results(cfg, folder: Path, label: str, src: dict) -> tuple[dict, dict]:
-    """(metrics already computed for this model with the same signature, benchmarks still to run)."""
+def cached_results(cfg, folder: Path, label: str, src: dict, say: bool = True) -> tuple[dict, dict]:
+    """(metrics already computed for this model with the same signature, benchmarks still to run); `say`
+    prints each cache hit (rank 0 only, so a W-process eval says it once)."""
     done, todo = {}, {}
     for name in cfg.stage.benchmarks:
         path = folder / "results" / label / f"{name}.json"
@@ -139,7 +140,8 @@ def cached_results(cfg, folder: Path, label: str, src: dict) -> tuple[dict, dict
         cached = json.loads(path.read_text()) if path.exists() else None
         if cached and cached.get("signature") == sig:
             done[name] = cached["metrics"]
-            print(f"eval: {label} on {name}: cached ({path})", flush=True)
+            if say:
+                print(f"eval: {label} on {name}: cached ({path})", flush=True)
         else:
             todo[name] = (path, sig)
     return done, todo
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = {name: load_benchmark(name, stage.catalog[name]) for name in stage.benchmarks}
     dist = dist_lib.init()
     # every rank reads the cache before rank 0 writes anything, so that all of them take the same work
-    plan = [(label, src, *cached_results(cfg, folder, label, src)) for label, src in models]
+    plan = [(label, src, *cached_results(cfg, folder, label, src, dist.is_main)) for label, src in models]
     dist.barrier()
     if dist.is_main:
         run_lib.start_stage(folder, cfg, models={label: src["path"] for label, src in models})
