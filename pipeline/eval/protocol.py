@@ -24,7 +24,16 @@ from typing import Optional
 
 from pipeline.data.code_tasks import is_code
 from pipeline.eval.maths import majority_vote, pass_at_k
-from pipeline.rl.rewards import RewardContext, correctness, extract_answer, extract_program, last_number_correct, score
+from pipeline.rl.rewards import (
+    RewardContext,
+    clean_summary,
+    correctness,
+    extract_answer,
+    extract_program,
+    helpfulness_rm,
+    last_number_correct,
+    score,
+)
 from pipeline.rl.rollout import Sampling, request_seed
 
 
@@ -102,16 +111,21 @@ def evaluate_general(
     """Greedy answers to prompts that have no gold answer (stage-4's held-out general prompts), each
     scored by the reward-model rewards named in `rewards` through the RL reward registry, so an answer
     is judged exactly as in training (helpfulness sees only the summary). Sharded like `evaluate_prompts`;
-    returns the mean score per reward (`rm/<name>`) and one row per prompt, for a paired test."""
+    returns the mean score per reward (`rm/<name>`; `rm/helpfulness_raw`, the RM before the clean-summary
+    gate; `general_clean`, the share of clean summaries) and one row per prompt, for a paired test."""
     mine = list(range(rank, len(prompt_ids), world))  # may be empty: generate is still called (prompt_rows)
     texts = [g[0].text for g in _greedy_outputs(rollout, [prompt_ids[i] for i in mine], max_tokens, stop_ids)]
-    _, parts = score(texts, [records[i] for i in mine], {name: 1.0 for name in rewards}, ctx)
+    mine_records = [records[i] for i in mine]
+    _, parts = score(texts, mine_records, {name: 1.0 for name in rewards}, ctx)
+    if "helpfulness" in rewards:  # the RM's own score beside the gated reward, so the gate's share shows
+        parts["helpfulness_raw"] = helpfulness_rm(texts, mine_records, ctx)
     rows = [
-        {"id": records[i]["id"], "greedy": text, **{name: parts[name][j] for name in rewards}}
+        {"id": records[i]["id"], "greedy": text, "clean": clean_summary(text), **{k: v[j] for k, v in parts.items()}}
         for j, (i, text) in enumerate(zip(mine, texts))
     ]
     rows = _gathered(mine, rows, world)
-    return {f"rm/{name}": _mean(r[name] for r in rows) for name in rewards}, rows
+    out = {f"rm/{name}": _mean(r[name] for r in rows) for name in parts}
+    return out | {"general_clean": _mean(float(r["clean"]) for r in rows)}, rows
 
 
 def _gathered(mine: list[int], rows: list[dict], world: int) -> list[dict]:

@@ -363,7 +363,10 @@ def heldout_test(folder: Path) -> dict:
     if len(general) >= 2:
         first, last = (read_jsonl(f) for f in (general[0], general[-1]))
         out["heldout_rm_test"] = "sign_exact"
-        for name in (k for k in first[0] if k not in ("id", "greedy")):
+        if "clean" in first[0]:  # share of summaries the helpfulness gate lets through to the RM
+            out["heldout_general_clean_before"] = sum(r["clean"] for r in first) / len(first)
+            out["heldout_general_clean_after"] = sum(r["clean"] for r in last) / len(last)
+        for name in (k for k in first[0] if k not in ("id", "greedy", "clean")):
             before, after = [r[name] for r in first], [r[name] for r in last]
             out |= {f"heldout_rm_{name}_{k}": v for k, v in sign_test(before, after).items()}
             out[f"heldout_rm_{name}_permutation_p"] = paired_permutation_test(before, after)

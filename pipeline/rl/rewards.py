@@ -23,7 +23,8 @@ the total and is left out of that component's mean.
               code prompts and non-numeric gold. Off by default (weight 0 or absent): a boxed right
               answer also earns it, so boxing stays strictly better.
 * helpfulness, harmlessness - stage-4's reward models (σ of the RM logit): helpfulness sees only the
-              answer after `</think>`, harmlessness the whole response.
+              answer after `</think>` (0 when that summary is empty or holds think tags: a rule gate),
+              harmlessness the whole response.
 """
 
 from __future__ import annotations
@@ -234,10 +235,26 @@ def _rm(name: str, completions: list[str], records: list[dict], ctx: RewardConte
     return [1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x)))) for x in scores]  # σ(logit) in [0, 1]
 
 
+def clean_summary(completion: str) -> bool:
+    """A response whose summary can be judged: the text after the first </think> is not empty and holds
+    no think tag (no second, unclosed or looping think block: `<think>\n\n</think>` repeated to the
+    token limit is a degenerate answer the helpfulness RM had never seen and scored up to 0.8)."""
+    summary = answer_part(completion)
+    return bool(summary.strip()) and THINK_OPEN not in summary and THINK_CLOSE not in summary
+
+
+def helpfulness_rm(completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:
+    """The helpfulness RM's σ-score of each summary (the text after </think>), not gated: for reports."""
+    return _rm("helpfulness", [answer_part(c).strip() for c in completions], records, ctx)
+
+
 def helpfulness_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:
     """R1 §2.3.4: the helpfulness RM judges only the final summary (the text after </think>), so the
-    reasoning is not shaped by a preference model."""
-    return _rm("helpfulness", [answer_part(c).strip() for c in completions], records, ctx)
+    reasoning is not shaped by a preference model. A response whose summary is not clean
+    (`clean_summary`: empty, or think tags in it) earns 0: a rule gate in front of the RM, as the
+    format reward is for reasoning prompts, so the policy cannot climb the RM with tag loops."""
+    raw = helpfulness_rm(completions, records, ctx)
+    return [r if clean_summary(c) else 0.0 for r, c in zip(raw, completions)]
 
 
 def harmlessness_reward(completions: list[str], records: list[dict], ctx: RewardContext) -> list[float]:

@@ -14,7 +14,7 @@ from pipeline.eval.protocol import evaluate_general, prompt_rows
 from pipeline.rl.batch import PromptPool, collect, merge
 from pipeline.rl.maths import group_advantages
 from pipeline.rl.metrics import batch_metrics
-from pipeline.rl.rewards import RewardContext, score
+from pipeline.rl.rewards import RewardContext, clean_summary, score
 from pipeline.rl.rollout import Completion, Sampling
 from pipeline.rl.update import UpdateStats
 from pipeline.rl.verify import Verifier
@@ -230,7 +230,13 @@ class SummaryRollout:
 
     def generate(self, prompts, sampling, **kw):
         assert sampling.temperature == 0 and sampling.n == 1
-        return [[Completion([1], [0.0], f"<think>\nthinking\n</think>\n\nanswer {p[0]}", False)] for p in prompts]
+        return [
+            [Completion([1], [0.0], SUMMARY.get(p[0], f"<think>\nthinking\n</think>\n\nanswer {p[0]}"), False)]
+            for p in prompts
+        ]
+
+
+SUMMARY = {7: "<think>\nthinking\n</think>\n\n<think>\n\n</think>\n\n<think>\n\n</think>"}  # a tag loop
 
 
 class LengthRM:
@@ -253,6 +259,33 @@ def test_general_eval_scores_greedy_answers_with_each_reward_model(verifier):
     assert rows[0]["harmlessness"] == pytest.approx(sigmoid(full))
     assert [r["id"] for r in rows] == ["g3", "g10"] and rows[1]["greedy"].endswith("answer 10")
     assert metrics["rm/helpfulness"] == pytest.approx((0.5 + sigmoid(1.0)) / 2)
+    assert [r["clean"] for r in rows] == [True, True] and metrics["general_clean"] == 1.0
+    assert [r["helpfulness_raw"] for r in rows] == [r["helpfulness"] for r in rows]
+
+
+def test_a_tag_loop_earns_no_helpfulness_whatever_the_rm_says(verifier):
+    """stage4_g3: the helpfulness RM scored `<think>\n\n</think>` loops up to 0.8; the gate makes them 0,
+    and the eval keeps the RM's own score beside it (helpfulness_raw)."""
+    recs = [{"id": f"g{k}", "question": f"q{k}", "answer": None, "task": "general", "entry": None} for k in (7, 10)]
+    ctx = RewardContext(verifier=verifier, reward_models={"helpfulness": LengthRM()})
+    metrics, rows = evaluate_general(
+        SummaryRollout(), [[7], [10]], recs, ctx, ["helpfulness"], max_tokens=16, stop_ids=[0]
+    )
+    sigmoid = lambda x: 1 / (1 + 2.718281828459045**-x)  # noqa: E731
+    loop_summary = "<think>\n\n</think>\n\n<think>\n\n</think>"
+    assert [r["clean"] for r in rows] == [False, True]
+    assert rows[0]["helpfulness"] == 0.0 and rows[0]["helpfulness_raw"] == pytest.approx(sigmoid(len(loop_summary) - 8))
+    assert rows[1]["helpfulness"] == rows[1]["helpfulness_raw"] == pytest.approx(sigmoid(1.0))
+    assert metrics["general_clean"] == 0.5 and metrics["rm/helpfulness"] == pytest.approx(sigmoid(1.0) / 2)
+
+
+def test_clean_summary_wants_one_leading_think_block_and_an_answer():
+    assert clean_summary("<think>\nx\n</think>\n\nHello!") and clean_summary("Hello!")  # no CoT is fine
+    assert clean_summary("<think>\n\n</think>\n\nHello!")  # R1's empty think for simple queries
+    assert not clean_summary("<think>\nx\n</think>\n\n")  # nothing to judge
+    assert not clean_summary("<think>\nstill thinking when the tokens ran out")  # unclosed
+    assert not clean_summary("<think>\nx\n</think>\n\nHi <think>\n\n</think>")  # a second block
+    assert not clean_summary("<think>\n</think>\n\n</think>\n\n</think>")  # a loop of closers
 
 
 def test_a_rank_without_prompts_still_joins_the_generate_call(verifier):
@@ -267,7 +300,8 @@ def test_a_rank_without_prompts_still_joins_the_generate_call(verifier):
 
     ctx = RewardContext(verifier=verifier, reward_models={"helpfulness": LengthRM()})
     metrics, rows = evaluate_general(Recording(), [], [], ctx, ["helpfulness"], max_tokens=8, stop_ids=[0])
-    assert calls == [[]] and rows == [] and metrics == {"rm/helpfulness": 0.0}
+    assert calls == [[]] and rows == []
+    assert metrics == {"rm/helpfulness": 0.0, "rm/helpfulness_raw": 0.0, "general_clean": 0.0}
     rows = prompt_rows(
         Recording(), [], [], ctx, sampling=Sampling(2, 0.6, 0.95, 8), seed=0, stop_ids=[0], greedy=True, indices=[]
     )
