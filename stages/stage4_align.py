@@ -12,6 +12,10 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
 * **advantages**: a general group's RM σ-scores spread by a few hundredths, so its std floor is
   `stage.rm_std_floor` (0.02), not the reasoning groups' `adv_std_floor` (0.1), which cut a real
   preference to a third of a full-size advantage; a near-tie (0.002 apart) still stays small.
+* **system prompt**: general prompts are asked under `stage.general_system_prompt` ("" = the chat
+  template's default), the one stage-3's general rows were trained under, not the reasoning prompt
+  `data.system_prompt`, which asks for a `\boxed{}` result: under it the stage-3 model answered chat
+  prompts in the arithmetic template.
 * **schedule**: general prompts, and with them the preference rewards, enter only in the last
   `general_last_steps` steps (R1 used the last 400 of 1,700: longer preference training invited
   reward hacking). Rollout temperature is `stage.rollout.temperature` (R1: 0.7).
@@ -55,8 +59,9 @@ from pipeline.train import dist as dist_lib
 GENERAL_POOL_SEED_OFFSET = 1_000_003
 
 
-def general_prompts(path: str) -> list[dict]:
-    """The first user turn of each chat row: prompts with no gold answer, scored by reward models."""
+def general_prompts(path: str, system_prompt: str = "") -> list[dict]:
+    """The first user turn of each chat row: prompts with no gold answer, scored by reward models, under
+    `system_prompt` ("" = the chat template's default, as stage-3's general rows were trained)."""
     p = input_path(path)
     if not p.exists():
         raise DataError(f"config key 'stage.general_path': file not found: {p}")
@@ -68,6 +73,7 @@ def general_prompts(path: str) -> list[dict]:
         user = next((m.get("content") for m in messages if m.get("role") == "user"), None)
         if user:
             rec = {"id": f"{p.name}:{lineno}", "question": user, "answer": None, "task": "general", "entry": None}
+            rec["system"] = system_prompt
             out.append({**rec, "held_out": True} if row.get("held_out") is True else rec)
     if not out:
         raise DataError(f"{p}: no user prompts")
@@ -138,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, src in stage.reward_models.items()
         if name in stage.rm_rewards
     }
-    general, general_eval = split_general(general_prompts(stage.general_path), stage.general_eval_prompts)
+    general, general_eval = split_general(
+        general_prompts(stage.general_path, stage.general_system_prompt), stage.general_eval_prompts
+    )
     pools = prompt_pools(cfg, AutoTokenizer.from_pretrained(init["path"]), general)
     rewards = RewardContext(
         verifier=Verifier(workers=stage.verifier_workers),

@@ -191,11 +191,12 @@ PROMPT_SOURCES: dict[str, Callable[[DictConfig, str], Iterator[dict]]] = {
 
 
 def chat(record: dict, system_prompt: str) -> list[dict]:
-    """The prompt as chat turns; a record may carry its own system prompt (code prompts ask for a code block)."""
-    return [
-        {"role": "system", "content": record.get("system") or system_prompt},
-        {"role": "user", "content": record["question"]},
-    ]
+    """The prompt as chat turns. A record may carry its own system prompt (code prompts ask for a code
+    block; stage-4's general prompts carry `stage.general_system_prompt`). An empty one means no system
+    turn, i.e. the chat template's default, as for stage-3's general rows (`general.system_prompt: ""`)."""
+    system = record["system"] if record.get("system") is not None else system_prompt
+    user = [{"role": "user", "content": record["question"]}]
+    return ([{"role": "system", "content": system}] if system else []) + user
 
 
 def encode_prompts(tokenizer, records, system_prompt) -> list[list[int]]:

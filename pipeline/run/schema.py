@@ -235,6 +235,11 @@ class AlignStageConfig(GRPOStageConfig):
     )  # stage names or paths
     rm_rewards: dict[str, float] = field(default_factory=lambda: {"helpfulness": 1.0, "harmlessness": 1.0})
     general_path: str = "pipeline/assets/general_chat.jsonl"  # general prompts (chat JSONL: first user turn)
+    # system prompt of the general prompts, in training and in the held-out eval: "" = the chat template's
+    # default, what stage-3's general rows are trained under (stage3 general.system_prompt). The reasoning
+    # prompt (data.system_prompt) asks for a \boxed{} result, and under it the policy answered chat in the
+    # arithmetic template (README, Stage 4)
+    general_system_prompt: str = ""
     # general prompts added per step once the preference phase starts. Measured (README, Stage 4): 2 per
     # step in the last 4 of 8 steps moved held-out helpfulness 0.216 -> 0.183; 4 per step in all 8 steps
     # 0.216 -> 0.287 with reasoning held (26.6% -> 27.1%, 512 prompts); rerun on the 108-prompt asset

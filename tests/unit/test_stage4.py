@@ -331,3 +331,20 @@ def test_preference_file_missing_field_names_the_line(tmp_path):
     f.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2: missing field\(s\) \['rejected'\]"):
         load_preferences("pairwise", str(f))
+
+
+def test_general_prompts_are_asked_as_stage3_trained_its_general_rows(tiny_model_dir):
+    """Stage-3's general rows carry no system turn (the chat template's default); stage-4 asks its
+    general prompts the same way, not under the reasoning prompt that asks for a boxed result."""
+    from transformers import AutoTokenizer
+
+    from pipeline.data.prompts import chat, encode_prompts
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reasoning_system = compose(["stage=stage4"]).data.system_prompt
+    rec = general_prompts("pipeline/assets/general_chat.jsonl")[0]
+    assert chat(rec, reasoning_system) == [{"role": "user", "content": "Hello!"}]
+    trained = tok.apply_chat_template([{"role": "user", "content": "Hello!"}], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(encode_prompts(tok, [rec], reasoning_system)[0]) == trained
+    asked = general_prompts("pipeline/assets/general_chat.jsonl", "Be brief.")[0]
+    assert chat(asked, reasoning_system)[0] == {"role": "system", "content": "Be brief."}
