@@ -22,7 +22,8 @@ checkpoints and exact resume) with two prompt pools routed to different rewards:
 * **held-out general prompts**: the rows `stage.general_path` marks `"held_out": true` (32 of the
   embedded 108; stage-3's general mix leaves them out too), or in a file that marks none a fixed seeded
   pick of `stage.general_eval_prompts`, never enter training; every held-out eval scores their greedy
-  answers with the reward models, and the summary tests the first eval against the last per prompt
+  answers (and the mean over `stage.general_eval_samples` sampled answers each, `<rm>_sampled`) with
+  the reward models, and the summary tests the first eval against the last per prompt
   (sign test, paired permutation test), beside the reasoning prompts' McNemar test, so "the RM score
   rose" and "reasoning held" are both measured on unseen prompts.
 * **reward-hacking watch** (`pipeline.rl.watch.hacking_watch`): per step, whether the RM reward rose
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         step_hook=reward_watch(stage, dist.is_main),
         general_eval=general_eval,
         general_eval_rewards=sorted(stage.rm_rewards),
+        general_eval_samples=stage.general_eval_samples,
     )
     try:
         GRPOTrainer(cfg, dist, init, task).train()

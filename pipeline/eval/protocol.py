@@ -107,12 +107,17 @@ def evaluate_general(
     stop_ids: list[int],
     rank: int = 0,
     world: int = 1,
+    sampling: Optional[Sampling] = None,
+    seed: int = 0,
 ) -> tuple[dict, list[dict]]:
     """Greedy answers to prompts that have no gold answer (stage-4's held-out general prompts), each
     scored by the reward-model rewards named in `rewards` through the RL reward registry, so an answer
     is judged exactly as in training (helpfulness sees only the summary). Sharded like `evaluate_prompts`;
     returns the mean score per reward (`rm/<name>`; `rm/helpfulness_raw`, the RM before the clean-summary
-    gate; `general_clean`, the share of clean summaries) and one row per prompt, for a paired test."""
+    gate; `general_clean`, the share of clean summaries) and one row per prompt, for a paired test.
+    With `sampling.n` > 0 each prompt also gets n sampled answers (seeded by its index), and each reward
+    their mean, `<name>_sampled`: one greedy answer per prompt swings its RM score by up to ±0.7 when a
+    small update changes it, the mean of n is a steadier per-prompt figure for the paired tests."""
     mine = list(range(rank, len(prompt_ids), world))  # may be empty: generate is still called (prompt_rows)
     texts = [g[0].text for g in _greedy_outputs(rollout, [prompt_ids[i] for i in mine], max_tokens, stop_ids)]
     mine_records = [records[i] for i in mine]
@@ -123,9 +128,26 @@ def evaluate_general(
         {"id": records[i]["id"], "greedy": text, "clean": clean_summary(text), **{k: v[j] for k, v in parts.items()}}
         for j, (i, text) in enumerate(zip(mine, texts))
     ]
+    names = list(parts)
+    if sampling is not None and sampling.n > 0:
+        seeds = [request_seed(seed, -2, i) for i in mine]
+        _sampled_general(
+            rollout, [prompt_ids[i] for i in mine], mine_records, ctx, rewards, sampling, rows, stop_ids, seeds
+        )
+        names += [f"{name}_sampled" for name in rewards]
     rows = _gathered(mine, rows, world)
-    out = {f"rm/{name}": _mean(r[name] for r in rows) for name in parts}
+    out = {f"rm/{name}": _mean(r[name] for r in rows) for name in names}
     return out | {"general_clean": _mean(float(r["clean"]) for r in rows)}, rows
+
+
+def _sampled_general(rollout, prompt_ids, records, ctx, rewards, sampling: Sampling, rows, stop_ids, seeds) -> None:
+    """`<name>_sampled` on each row: the mean of each reward over the prompt's `sampling.n` sampled answers."""
+    k = sampling.n
+    outs = rollout.generate(prompt_ids, sampling, seeds=seeds, stop_token_ids=stop_ids)
+    texts = [c.text for g in outs for c in g]
+    _, parts = score(texts, [r for r in records for _ in range(k)], {name: 1.0 for name in rewards}, ctx)
+    for i, row in enumerate(rows):
+        row.update({f"{name}_sampled": _mean(parts[name][i * k : (i + 1) * k]) for name in rewards})
 
 
 def _gathered(mine: list[int], rows: list[dict], world: int) -> list[dict]:

@@ -67,6 +67,7 @@ class RLTask:
     # held-out prompts without a gold answer, scored at every eval by these reward-model rewards (stage-4)
     general_eval: list[dict] = field(default_factory=list)
     general_eval_rewards: list[str] = field(default_factory=list)
+    general_eval_samples: int = 0  # sampled answers per general prompt beside the greedy one (their mean scores)
 
 
 class GRPOTrainer:
@@ -294,6 +295,13 @@ class GRPOTrainer:
                 stop_ids=self.stop_ids,
                 rank=self.dist.rank,
                 world=self.dist.world,
+                sampling=Sampling(
+                    self.task.general_eval_samples,
+                    stage.eval_temperature,
+                    stage.eval_top_p,
+                    stage.rollout.max_new_tokens,
+                ),
+                seed=stage.seed,
             )
             if self.dist.is_main:
                 write_jsonl(rows, self.folder / "eval" / f"general_step_{step:05d}.jsonl")

@@ -251,6 +251,10 @@ class AlignStageConfig(GRPOStageConfig):
     # reward models (eval/rm/<name>), and the first and last evals are compared per prompt (sign test and
     # paired permutation test)
     general_eval_prompts: int = 32
+    # sampled answers per held-out general prompt (eval_temperature, eval_top_p) beside the greedy one; each
+    # RM's mean over them is <rm>_sampled in the eval rows and the summary's paired tests. One greedy answer
+    # swung by up to ±0.7 between evals when an update changed it (stage4_d); 0 = greedy only
+    general_eval_samples: int = 4
     # std floor of the general (RM-scored) groups' advantages. The RMs' σ-scores of one step's general
     # samples spread by only 0.05-0.12 (reward/helpfulness_std), so the reasoning floor of 0.1 cut their
     # advantages to a third or less and helpfulness did not move (held out: 0.643 -> 0.645, README). 0.02

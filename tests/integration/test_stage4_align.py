@@ -131,6 +131,9 @@ def test_stage4_routes_general_prompts_to_reward_models_in_the_last_steps(stage4
     assert 0.0 < s["heldout_rm_harmlessness_p"] <= 1.0
     assert 0.0 < s["heldout_rm_helpfulness_permutation_p"] <= 1.0
     rows = [json.loads(line) for line in (stage4 / "eval" / "general_step_00004.jsonl").read_text().splitlines()]
+    assert (
+        s["heldout_rm_helpfulness_sampled_n"] == 32 and 0.0 < s["heldout_rm_helpfulness_sampled_permutation_p"] <= 1.0
+    )
     assert s["heldout_general_clean_after"] == pytest.approx(sum(r["clean"] for r in rows) / 32)
     for r in rows:  # the gate: an unclean summary earns 0, a clean one the RM's own score
         assert r["helpfulness"] == (r["helpfulness_raw"] if r["clean"] else 0.0)

@@ -344,7 +344,41 @@ def test_general_prompts_are_asked_as_stage3_trained_its_general_rows(tiny_model
     reasoning_system = compose(["stage=stage4"]).data.system_prompt
     rec = general_prompts("pipeline/assets/general_chat.jsonl")[0]
     assert chat(rec, reasoning_system) == [{"role": "user", "content": "Hello!"}]
-    trained = tok.apply_chat_template([{"role": "user", "content": "Hello!"}], tokenize=False, add_generation_prompt=True)
+    trained = tok.apply_chat_template(
+        [{"role": "user", "content": "Hello!"}], tokenize=False, add_generation_prompt=True
+    )
     assert tok.decode(encode_prompts(tok, [rec], reasoning_system)[0]) == trained
     asked = general_prompts("pipeline/assets/general_chat.jsonl", "Be brief.")[0]
     assert chat(asked, reasoning_system)[0] == {"role": "system", "content": "Be brief."}
+
+
+class SampledRollout:
+    """Greedy: `answer`; sampled: sample i of prompt [k] answers with k + i characters. Records the seeds."""
+
+    def __init__(self):
+        self.seeds = []
+
+    def generate(self, prompts, sampling, seeds, **kw):
+        if sampling.temperature == 0:
+            return [[Completion([1], [0.0], "answer", False)] for _ in prompts]
+        self.seeds += list(seeds)
+        return [[Completion([1], [0.0], "x" * (p[0] + i), False) for i in range(sampling.n)] for p in prompts]
+
+
+def test_general_eval_adds_the_mean_score_of_sampled_answers(verifier):
+    from pipeline.rl.rollout import request_seed
+
+    recs = [{"id": f"g{k}", "question": f"q{k}", "answer": None, "task": "general", "entry": None} for k in (8, 10)]
+    ctx = RewardContext(verifier=verifier, reward_models={"helpfulness": LengthRM()})
+    rollout = SampledRollout()
+    sampling = Sampling(3, 0.6, 0.95, 16)
+    metrics, rows = evaluate_general(
+        rollout, [[8], [10]], recs, ctx, ["helpfulness"], max_tokens=16, stop_ids=[0], sampling=sampling, seed=5
+    )
+    sigmoid = lambda x: 1 / (1 + 2.718281828459045**-x)  # noqa: E731
+    # prompt [8]: samples of 8, 9, 10 characters -> logits 0, 1, 2; prompt [10]: logits 2, 3, 4
+    want = [sum(sigmoid(x) for x in (0, 1, 2)) / 3, sum(sigmoid(x) for x in (2, 3, 4)) / 3]
+    assert [r["helpfulness_sampled"] for r in rows] == [pytest.approx(w) for w in want]
+    assert [r["helpfulness"] for r in rows] == [pytest.approx(sigmoid(-2.0))] * 2  # the greedy "answer"
+    assert metrics["rm/helpfulness_sampled"] == pytest.approx(sum(want) / 2)
+    assert rollout.seeds == [request_seed(5, -2, 0), request_seed(5, -2, 1)]  # by prompt index: resumable
