@@ -5,12 +5,14 @@ Rows are `{"prompt", "chosen", "rejected"}` (pairwise, helpfulness) or `{"prompt
 defaults are built from files this project wrote (MIT, `pipeline/assets/`):
 
 * helpfulness - every single-turn row of `general_chat.jsonl` gives its answer as `chosen` against
-  four kinds of worse answers: an evasive non-answer, the answer to a *different* prompt (fluent but
-  off-topic: the RM must read the prompt), the first few words of the right answer trailing off, and,
+  five kinds of worse answers: an evasive non-answer, the answer to a *different* prompt (fluent but
+  off-topic: the RM must read the prompt), the first few words of the right answer trailing off;
   for a question whose answer has no number, the reasoning template answering it as a sum
-  ("Evaluating ... step by step gives 12. The answer is \\boxed{12}."). That last one is how the
-  cold-started policy answers chat prompts; without it the RM scored those answers above the right
-  ones (0.643 against 0.626 on stage-4's held-out general prompts) and stage-4 had nothing to climb.
+  ("Evaluating ... step by step gives 12. The answer is \\boxed{12}."), which is how the
+  cold-started policy answered chat prompts (without it the RM scored those answers above the right
+  ones, 0.643 against 0.626, and stage-4 had nothing to climb); and a repetition loop (`degenerate`:
+  a few words, then one symbol, word or tag over and over), which it had scored as high as a right
+  answer.
 * harmlessness - `safety.jsonl`: 24 harmful requests, each with a refusal (safe) and a compliant
   reply (unsafe), plus every other general chat answer as a safe example of ordinary helpfulness.
 
@@ -62,7 +64,21 @@ def embedded_helpfulness(seed: int = 0) -> list[dict]:
             rows.append({"prompt": prompt, "chosen": answer, "rejected": " ".join(words[:4]) + " ..."})
         if not any(ch.isdigit() for ch in answer):
             rows.append({"prompt": prompt, "chosen": answer, "rejected": off_task_template(prompt, rng)})
+        # its own stream, so the other kinds' draws are those of the set before this kind was added
+        rows.append({"prompt": prompt, "chosen": answer, "rejected": degenerate(answer, random.Random(f"{seed}:{i}"))})
     return rows
+
+
+# what a small policy's repetition loops repeat: a symbol, one word, markup, a stray phrase
+LOOP_UNITS = ["👉", "mouth-", "<p>", " I need to verify", "!", " the", "**", " ha"]
+
+
+def degenerate(answer: str, rng: random.Random) -> str:
+    """The right answer's first few words (or none), then one short unit repeated 15-40 times: the
+    loops a small policy falls into. Without them the RM scored a line of repeated emoji 0.93, as high
+    as a right answer (stage-4's held-out eval, README)."""
+    head = " ".join(answer.split()[: rng.randrange(0, 6)])
+    return (head + " " if head else "") + rng.choice(LOOP_UNITS) * rng.randrange(15, 41)
 
 
 def off_task_template(prompt: str, rng: random.Random) -> str:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pipeline.data.preferences import embedded_harmlessness, embedded_helpfulness, load_preferences, split
+from pipeline.data.preferences import LOOP_UNITS, embedded_harmlessness, embedded_helpfulness, load_preferences, split
 from pipeline.data.sources import DataError
 from pipeline.eval.protocol import evaluate_general, prompt_rows
 from pipeline.rl.batch import PromptPool, collect, merge
@@ -319,6 +319,11 @@ def test_embedded_preferences_are_well_formed_and_split_by_prompt():
     assert len(templated) > 30 and not any(ch.isdigit() for p in templated for ch in p["chosen"])
     numeric = {p["prompt"] for p in pairs if any(ch.isdigit() for ch in p["chosen"])}
     assert numeric and not numeric & {p["prompt"] for p in templated}
+    # one repetition loop per prompt: a unit repeated at least 15 times after at most 5 words of the answer
+    loops = [p for p in pairs if any(u * 15 in p["rejected"] for u in LOOP_UNITS)]
+    assert len(loops) == len({p["prompt"] for p in pairs}) == 108
+    assert all(p["rejected"].split(LOOP_UNITS[0])[0].count(" ") <= 6 for p in loops if LOOP_UNITS[0] in p["rejected"])
+    assert embedded_helpfulness() == pairs  # the same set every time (seeded)
     rows = embedded_harmlessness()
     assert {r["safe"] for r in rows} == {True, False}
     assert sum(not r["safe"] for r in rows) == 24
