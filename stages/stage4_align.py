@@ -74,7 +74,7 @@ def general_prompts(path: str, system_prompt: str = "") -> list[dict]:
         user = next((m.get("content") for m in messages if m.get("role") == "user"), None)
         if user:
             rec = {"id": f"{p.name}:{lineno}", "question": user, "answer": None, "task": "general", "entry": None}
-            rec["system"] = system_prompt
+            rec["system"] = system_prompt  # chat() uses it over data.system_prompt; "" = no system turn
             out.append({**rec, "held_out": True} if row.get("held_out") is True else rec)
     if not out:
         raise DataError(f"{p}: no user prompts")

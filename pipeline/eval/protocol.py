@@ -30,6 +30,7 @@ from pipeline.rl.rewards import (
     correctness,
     extract_answer,
     extract_program,
+    gate_helpfulness,
     helpfulness_rm,
     last_number_correct,
     score,
@@ -121,9 +122,10 @@ def evaluate_general(
     mine = list(range(rank, len(prompt_ids), world))  # may be empty: generate is still called (prompt_rows)
     texts = [g[0].text for g in _greedy_outputs(rollout, [prompt_ids[i] for i in mine], max_tokens, stop_ids)]
     mine_records = [records[i] for i in mine]
-    _, parts = score(texts, mine_records, {name: 1.0 for name in rewards}, ctx)
-    if "helpfulness" in rewards:  # the RM's own score beside the gated reward, so the gate's share shows
-        parts["helpfulness_raw"] = helpfulness_rm(texts, mine_records, ctx)
+    _, parts = score(texts, mine_records, {name: 1.0 for name in rewards if name != "helpfulness"}, ctx)
+    if "helpfulness" in rewards:  # one RM pass: the gated reward, and the RM's own score so the gate's share shows
+        raw = helpfulness_rm(texts, mine_records, ctx)
+        parts |= {"helpfulness": gate_helpfulness(raw, texts), "helpfulness_raw": raw}
     rows = [
         {"id": records[i]["id"], "greedy": text, "clean": clean_summary(text), **{k: v[j] for k, v in parts.items()}}
         for j, (i, text) in enumerate(zip(mine, texts))

@@ -253,7 +253,11 @@ def helpfulness_reward(completions: list[str], records: list[dict], ctx: RewardC
     reasoning is not shaped by a preference model. A response whose summary is not clean
     (`clean_summary`: empty, or think tags in it) earns 0: a rule gate in front of the RM, as the
     format reward is for reasoning prompts, so the policy cannot climb the RM with tag loops."""
-    raw = helpfulness_rm(completions, records, ctx)
+    return gate_helpfulness(helpfulness_rm(completions, records, ctx), completions)
+
+
+def gate_helpfulness(raw: list[float], completions: list[str]) -> list[float]:
+    """The helpfulness reward from the RM's raw scores: 0 where the summary is not clean."""
     return [r if clean_summary(c) else 0.0 for r, c in zip(raw, completions)]
 
 
